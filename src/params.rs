@@ -1,0 +1,226 @@
+//! Parameters in PyTorch's layout and state_dict names; seeded init; safetensors I/O.
+
+use crate::config::RnnConfig;
+use crate::error::{check_shape, RnnError, Result};
+use crate::scalar::Scalar;
+use crate::tensorfile;
+use ndarray::{Array1, Array2, ArrayD, ArrayViewMutD};
+use rand::{RngExt, SeedableRng};
+use safetensors::SafeTensors;
+use std::collections::HashMap;
+use std::path::Path;
+
+/// Weights of one layer and direction, exactly as torch stores them.
+#[derive(Clone, Debug, PartialEq)]
+pub struct LayerParams<F> {
+    /// (G·H, input features of the layer)
+    pub w_ih: Array2<F>,
+    /// (G·H, H)
+    pub w_hh: Array2<F>,
+    /// (G·H), absent without bias
+    pub b_ih: Option<Array1<F>>,
+    /// (G·H), absent without bias
+    pub b_hh: Option<Array1<F>>,
+}
+
+/// All parameters of a network; `layers[layer * D + direction]`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct RnnParams<F> {
+    pub config: RnnConfig,
+    pub layers: Vec<LayerParams<F>>,
+}
+
+/// Which of the four tensors of a layer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ParamKind {
+    WeightIh,
+    WeightHh,
+    BiasIh,
+    BiasHh,
+}
+
+impl ParamKind {
+    const ALL: [ParamKind; 4] = [
+        ParamKind::WeightIh,
+        ParamKind::WeightHh,
+        ParamKind::BiasIh,
+        ParamKind::BiasHh,
+    ];
+
+    fn prefix(self) -> &'static str {
+        match self {
+            ParamKind::WeightIh => "weight_ih",
+            ParamKind::WeightHh => "weight_hh",
+            ParamKind::BiasIh => "bias_ih",
+            ParamKind::BiasHh => "bias_hh",
+        }
+    }
+}
+
+/// torch's state_dict name, e.g. `weight_hh_l1_reverse`.
+pub fn param_name(kind: ParamKind, layer: usize, direction: usize) -> String {
+    let suffix = if direction == 1 { "_reverse" } else { "" };
+    format!("{}_l{layer}{suffix}", kind.prefix())
+}
+
+impl<F: Scalar> RnnParams<F> {
+    /// All-zero parameters of the right shapes (e.g. to accumulate gradients).
+    pub fn zeros(config: &RnnConfig) -> Result<Self> {
+        config.validate()?;
+        let rows = config.gate_rows();
+        let h = config.hidden_size;
+        let layers = (0..config.num_layers * config.num_directions())
+            .map(|i| {
+                let input = config.layer_input_size(i / config.num_directions());
+                LayerParams {
+                    w_ih: Array2::zeros((rows, input)),
+                    w_hh: Array2::zeros((rows, h)),
+                    b_ih: config.bias.then(|| Array1::zeros(rows)),
+                    b_hh: config.bias.then(|| Array1::zeros(rows)),
+                }
+            })
+            .collect();
+        Ok(RnnParams {
+            config: config.clone(),
+            layers,
+        })
+    }
+
+    /// torch's default init: every parameter from U(−1/√H, 1/√H), reproducible from `seed`.
+    pub fn init(config: &RnnConfig, seed: u64) -> Result<Self> {
+        let mut params = Self::zeros(config)?;
+        let bound = 1.0 / (config.hidden_size as f64).sqrt();
+        let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+        params.for_each_mut(|_, mut a| {
+            a.mapv_inplace(|_| F::from_f64(rng.random_range(-bound..bound)));
+        });
+        Ok(params)
+    }
+
+    /// Parameters of `layer` in `direction` (0 forward, 1 reverse).
+    pub fn layer(&self, layer: usize, direction: usize) -> &LayerParams<F> {
+        &self.layers[layer * self.config.num_directions() + direction]
+    }
+
+    /// Every tensor with its torch name, in torch's state_dict order.
+    pub fn named(&self) -> Vec<(String, ArrayD<F>)> {
+        let mut out = Vec::new();
+        self.visit(|name, kind, p| {
+            let a = match kind {
+                ParamKind::WeightIh => Some(p.w_ih.clone().into_dyn()),
+                ParamKind::WeightHh => Some(p.w_hh.clone().into_dyn()),
+                ParamKind::BiasIh => p.b_ih.clone().map(|b| b.into_dyn()),
+                ParamKind::BiasHh => p.b_hh.clone().map(|b| b.into_dyn()),
+            };
+            if let Some(a) = a {
+                out.push((name, a));
+            }
+        });
+        out
+    }
+
+    /// Calls `f(name, tensor)` on every tensor, mutably, in state_dict order.
+    pub fn for_each_mut(&mut self, mut f: impl FnMut(&str, ArrayViewMutD<'_, F>)) {
+        let d = self.config.num_directions();
+        for (i, p) in self.layers.iter_mut().enumerate() {
+            for kind in ParamKind::ALL {
+                let name = param_name(kind, i / d, i % d);
+                let view = match kind {
+                    ParamKind::WeightIh => Some(p.w_ih.view_mut().into_dyn()),
+                    ParamKind::WeightHh => Some(p.w_hh.view_mut().into_dyn()),
+                    ParamKind::BiasIh => p.b_ih.as_mut().map(|b| b.view_mut().into_dyn()),
+                    ParamKind::BiasHh => p.b_hh.as_mut().map(|b| b.view_mut().into_dyn()),
+                };
+                if let Some(view) = view {
+                    f(&name, view);
+                }
+            }
+        }
+    }
+
+    fn visit(&self, mut f: impl FnMut(String, ParamKind, &LayerParams<F>)) {
+        let d = self.config.num_directions();
+        for (i, p) in self.layers.iter().enumerate() {
+            for kind in ParamKind::ALL {
+                f(param_name(kind, i / d, i % d), kind, p);
+            }
+        }
+    }
+
+    /// Builds parameters from named tensors (torch state_dict). A missing, extra or misshaped
+    /// tensor is an error naming it.
+    pub fn from_named(config: &RnnConfig, tensors: &HashMap<String, ArrayD<F>>) -> Result<Self> {
+        let mut params = Self::zeros(config)?;
+        let mut used = 0;
+        params.for_each_mut_checked(|name, mut target| {
+            let source = tensors
+                .get(name)
+                .ok_or_else(|| RnnError::MissingTensor(name.to_string()))?;
+            check_shape(name, target.shape(), source.shape())?;
+            target.assign(source);
+            used += 1;
+            Ok(())
+        })?;
+        if used != tensors.len() {
+            let known: Vec<String> = params.named().into_iter().map(|(n, _)| n).collect();
+            let mut extra: Vec<&String> = tensors.keys().filter(|k| !known.contains(k)).collect();
+            extra.sort();
+            return Err(RnnError::UnexpectedTensor(extra[0].clone()));
+        }
+        Ok(params)
+    }
+
+    fn for_each_mut_checked(
+        &mut self,
+        mut f: impl FnMut(&str, ArrayViewMutD<'_, F>) -> Result<()>,
+    ) -> Result<()> {
+        let mut result = Ok(());
+        self.for_each_mut(|name, a| {
+            if result.is_ok() {
+                result = f(name, a);
+            }
+        });
+        result
+    }
+
+    /// Loads a torch state_dict saved as safetensors (f32 or f64).
+    pub fn load_safetensors(config: &RnnConfig, path: impl AsRef<Path>) -> Result<Self> {
+        let bytes = tensorfile::read_bytes(path.as_ref())?;
+        let file = SafeTensors::deserialize(&bytes)?;
+        Self::from_named(config, &tensorfile::all_arrays(&file)?)
+    }
+
+    /// Saves in torch state_dict naming, in `F`'s dtype.
+    pub fn save_safetensors(&self, path: impl AsRef<Path>) -> Result<()> {
+        tensorfile::write_arrays(path.as_ref(), &self.named(), None)
+    }
+
+    /// The same parameters in another float type.
+    pub fn cast<G: Scalar>(&self) -> RnnParams<G> {
+        let c = |a: &Array2<F>| a.mapv(|v| G::from_f64(v.to_f64()));
+        let cb = |b: &Option<Array1<F>>| b.as_ref().map(|b| b.mapv(|v| G::from_f64(v.to_f64())));
+        RnnParams {
+            config: self.config.clone(),
+            layers: self
+                .layers
+                .iter()
+                .map(|p| LayerParams {
+                    w_ih: c(&p.w_ih),
+                    w_hh: c(&p.w_hh),
+                    b_ih: cb(&p.b_ih),
+                    b_hh: cb(&p.b_hh),
+                })
+                .collect(),
+        }
+    }
+
+    /// Number of scalar parameters.
+    pub fn len(&self) -> usize {
+        self.named().iter().map(|(_, a)| a.len()).sum()
+    }
+
+    /// Whether there are no parameters (never, for a valid config).
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
