@@ -1,6 +1,6 @@
 //! Cell kinds and the model configuration, mirroring `torch.nn.RNN/LSTM/GRU`.
 
-use crate::error::{RnnError, Result};
+use crate::error::{Result, RnnError};
 
 /// Activation of the Elman RNN.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]

@@ -1,7 +1,7 @@
 //! Parameters in PyTorch's layout and state_dict names; seeded init; safetensors I/O.
 
 use crate::config::RnnConfig;
-use crate::error::{check_shape, RnnError, Result};
+use crate::error::{check_shape, Result, RnnError};
 use crate::scalar::Scalar;
 use crate::tensorfile;
 use ndarray::{Array1, Array2, ArrayD, ArrayViewMutD};

@@ -1,6 +1,6 @@
 //! Reading and writing named tensors in safetensors files.
 
-use crate::error::{RnnError, Result};
+use crate::error::{Result, RnnError};
 use crate::scalar::Scalar;
 use ndarray::{ArrayD, IxDyn};
 use safetensors::tensor::TensorView;
@@ -64,7 +64,12 @@ pub fn write_arrays<F: Scalar>(
         .collect();
     let views = bytes
         .iter()
-        .map(|(name, data, shape)| Ok((name.as_str(), TensorView::new(F::DTYPE, shape.clone(), data)?)))
+        .map(|(name, data, shape)| {
+            Ok((
+                name.as_str(),
+                TensorView::new(F::DTYPE, shape.clone(), data)?,
+            ))
+        })
         .collect::<Result<Vec<_>>>()?;
     let out = safetensors::serialize(views, metadata)?;
     // Write to a temporary file first so that a failure never truncates an existing file.

@@ -1,0 +1,304 @@
+// Generic fused time-step kernels shared by every cell. This file is appended to a cell file
+// (rnn.wgsl, lstm.wgsl or gru.wgsl) that defines:
+//   const GATES: u32        G, gate blocks in the rows of W_hh (1, 4 or 3)
+//   const SAVED: u32        S, values per hidden unit saved for backward (at most 4)
+//   const HAS_C: bool       whether the cell has a cell state c
+//   const GRAD_PLANES: u32  1 when dG_x = dG_h, 2 when they differ (GRU)
+//   fn cell_forward(xg, hg, h_prev, c_prev) -> CellForward
+//   fn cell_backward(dh, dc, saved, h_prev, c_prev, c_cur) -> CellBackward
+// Workgroup: WJ hidden units x WB batch rows; one invocation owns all gates of unit j, row b.
+// Rows of state-like buffers are (B, H); a "slot" offset selects one (B, H) block.
+
+const WJ: u32 = 64u;
+const WB: u32 = 4u;
+const TK: u32 = 8u;
+// Padded row length of the W_hh tile in workgroup memory.
+const TKP: u32 = 9u;
+
+// Logistic without overflow or cancellation: exp only of non-positive arguments.
+fn sigmoid(x: f32) -> f32 {
+    let e = exp(-abs(x));
+    return select(e / (1.0 + e), 1.0 / (1.0 + e), x >= 0.0);
+}
+
+// tanh without overflow (exp only of non-positive arguments) and without cancellation near 0
+// (odd Taylor series up to x⁹ there: its error is below 1e-12 relative for |x| < 0.125).
+fn tanh_stable(x: f32) -> f32 {
+    let a = abs(x);
+    var t: f32;
+    if a < 0.125 {
+        let a2 = a * a;
+        t = a * (1.0 + a2 * (-1.0 / 3.0 + a2 * (2.0 / 15.0 + a2 * (-17.0 / 315.0 + a2 * (62.0 / 2835.0)))));
+    } else {
+        let e = exp(-2.0 * a);
+        t = (1.0 - e) / (1.0 + e);
+    }
+    return select(-t, t, x >= 0.0);
+}
+
+struct CellForward {
+    h: f32,
+    c: f32,
+    saved: array<f32, 4>,
+}
+
+struct CellBackward {
+    // Gradient of the input-side pre-activations (rows of W_ih, b_ih).
+    dgx: array<f32, 4>,
+    // Gradient of the hidden-side pre-activations (rows of W_hh, b_hh).
+    dgh: array<f32, 4>,
+    // Part of dh_{t-1} that does not go through W_hh.
+    dh_direct: f32,
+    dc_prev: f32,
+}
+
+// ---------------------------------------------------------------- forward step
+
+struct ForwardStep {
+    batch: u32,
+    hidden: u32,
+    t: u32,
+    // 1: write the saved activations.
+    train: u32,
+    // Element offsets of the (B, H) slot holding h_{t-1} (c_{t-1}) and of the slot receiving h_t.
+    read_slot: u32,
+    write_slot: u32,
+    // Column offset d·H and row length D·H of the output.
+    out_col: u32,
+    out_stride: u32,
+}
+
+@group(0) @binding(0) var<uniform> fp: ForwardStep;
+@group(0) @binding(1) var<storage, read> xproj: array<f32>;              // (T, B, G·H): x·W_ihᵀ + b_ih
+@group(0) @binding(2) var<storage, read> w_hh: array<f32>;               // (G·H, H)
+@group(0) @binding(3) var<storage, read> b_hh: array<f32>;               // (G·H)
+@group(0) @binding(4) var<storage, read> lengths: array<u32>;            // (B)
+@group(0) @binding(5) var<storage, read_write> h_states: array<f32>;     // (slots, B, H)
+@group(0) @binding(6) var<storage, read_write> c_states: array<f32>;     // (slots, B, H), LSTM only
+@group(0) @binding(7) var<storage, read_write> output: array<f32>;       // (T, B, D·H)
+@group(0) @binding(8) var<storage, read_write> saved: array<f32>;        // (T, B, S·H), training only
+
+var<workgroup> h_tile: array<f32, WB * TK>;           // (WB, TK) of h_{t-1}
+var<workgroup> w_tile: array<f32, GATES * WJ * TKP>;  // (G·WJ, TKP): rows g·H + j of W_hh
+
+@compute @workgroup_size(64, 4, 1)
+fn forward_step(
+    @builtin(workgroup_id) wg: vec3<u32>,
+    @builtin(local_invocation_id) lid: vec3<u32>,
+    @builtin(local_invocation_index) li: u32,
+) {
+    let B = fp.batch;
+    let H = fp.hidden;
+    let GH = GATES * H;
+    let j0 = wg.x * WJ;
+    let b0 = wg.y * WB;
+    let j = j0 + lid.x;
+    let b = b0 + lid.y;
+
+    var acc = array<f32, 4>(0.0, 0.0, 0.0, 0.0);
+    for (var k0 = 0u; k0 < H; k0 += TK) {
+        if li < WB * TK {
+            let bb = b0 + li / TK;
+            let k = k0 + li % TK;
+            var v = 0.0;
+            if bb < B && k < H {
+                v = h_states[fp.read_slot + bb * H + k];
+            }
+            h_tile[li] = v;
+        }
+        for (var e = li; e < GATES * WJ * TK; e += WJ * WB) {
+            let row = e / TK;
+            let kk = e % TK;
+            let g = row / WJ;
+            let jj = j0 + row % WJ;
+            let k = k0 + kk;
+            var v = 0.0;
+            if jj < H && k < H {
+                v = w_hh[(g * H + jj) * H + k];
+            }
+            w_tile[row * TKP + kk] = v;
+        }
+        workgroupBarrier();
+        for (var kk = 0u; kk < TK; kk++) {
+            let hv = h_tile[lid.y * TK + kk];
+            for (var g = 0u; g < GATES; g++) {
+                acc[g] += w_tile[(g * WJ + lid.x) * TKP + kk] * hv;
+            }
+        }
+        workgroupBarrier();
+    }
+
+    if j >= H || b >= B {
+        return;
+    }
+    let t = fp.t;
+    let row = t * B + b;
+    let prev = fp.read_slot + b * H + j;
+    let next = fp.write_slot + b * H + j;
+    let h_prev = h_states[prev];
+    var c_prev = 0.0;
+    if HAS_C {
+        c_prev = c_states[prev];
+    }
+    let out_index = row * fp.out_stride + fp.out_col + j;
+    if t < lengths[b] {
+        var xg = array<f32, 4>(0.0, 0.0, 0.0, 0.0);
+        var hg = array<f32, 4>(0.0, 0.0, 0.0, 0.0);
+        for (var g = 0u; g < GATES; g++) {
+            xg[g] = xproj[row * GH + g * H + j];
+            hg[g] = acc[g] + b_hh[g * H + j];
+        }
+        let cell = cell_forward(xg, hg, h_prev, c_prev);
+        var acts = cell.saved;
+        h_states[next] = cell.h;
+        if HAS_C {
+            c_states[next] = cell.c;
+        }
+        output[out_index] = cell.h;
+        if fp.train != 0u {
+            for (var s = 0u; s < SAVED; s++) {
+                saved[row * SAVED * H + s * H + j] = acts[s];
+            }
+        }
+    } else {
+        // Past the sequence's end: the state is carried unchanged and the output is zero.
+        h_states[next] = h_prev;
+        if HAS_C {
+            c_states[next] = c_prev;
+        }
+        output[out_index] = 0.0;
+        if fp.train != 0u {
+            for (var s = 0u; s < SAVED; s++) {
+                saved[row * SAVED * H + s * H + j] = 0.0;
+            }
+        }
+    }
+}
+
+// --------------------------------------------------------------- backward step
+
+struct BackwardStep {
+    batch: u32,
+    hidden: u32,
+    t: u32,
+    // 1: add dG_h of the previously processed step (time t_prev) times W_hh to the carry.
+    has_prev: u32,
+    t_prev: u32,
+    // 1: only finish dh_0 = carry + dG_h[t_prev]·W_hh and dc_0; no gates at t.
+    finish: u32,
+    // Element offsets of the (B, H) state slots before and after time t.
+    prev_slot: u32,
+    cur_slot: u32,
+    // Element offsets of the carry slots read and written; c's part follows at + B·H.
+    carry_read: u32,
+    carry_write: u32,
+    // Column offset d·H and row length D·H of the output gradient.
+    dout_col: u32,
+    dout_stride: u32,
+    // Element offsets of the dG_x and dG_h planes (equal unless GRAD_PLANES = 2).
+    dgx_off: u32,
+    dgh_off: u32,
+}
+
+@group(0) @binding(0) var<uniform> bp: BackwardStep;
+@group(0) @binding(1) var<storage, read> bw_hh: array<f32>;              // (G·H, H)
+@group(0) @binding(2) var<storage, read> blengths: array<u32>;           // (B)
+@group(0) @binding(3) var<storage, read> bh_states: array<f32>;          // (T+1, B, H)
+@group(0) @binding(4) var<storage, read> bc_states: array<f32>;          // (T+1, B, H), LSTM only
+@group(0) @binding(5) var<storage, read> bsaved: array<f32>;             // (T, B, S·H)
+@group(0) @binding(6) var<storage, read> d_output: array<f32>;           // (T, B, D·H)
+@group(0) @binding(7) var<storage, read_write> d_gates: array<f32>;      // (GRAD_PLANES, T, B, G·H)
+@group(0) @binding(8) var<storage, read_write> carry: array<f32>;        // (2, 2, B, H): slot, (dh, dc)
+
+var<workgroup> dg_tile: array<f32, WB * TK>;  // (WB, TK) of dG_h[t_prev]
+
+@compute @workgroup_size(64, 4, 1)
+fn backward_step(
+    @builtin(workgroup_id) wg: vec3<u32>,
+    @builtin(local_invocation_id) lid: vec3<u32>,
+    @builtin(local_invocation_index) li: u32,
+) {
+    let B = bp.batch;
+    let H = bp.hidden;
+    let GH = GATES * H;
+    let j = wg.x * WJ + lid.x;
+    let b0 = wg.y * WB;
+    let b = b0 + lid.y;
+
+    // dh through W_hh from the step processed before: dG_h[t_prev] (B, G·H) · W_hh (G·H, H).
+    var dh_rec = 0.0;
+    if bp.has_prev != 0u {
+        let base = bp.dgh_off + bp.t_prev * B * GH;
+        for (var k0 = 0u; k0 < GH; k0 += TK) {
+            if li < WB * TK {
+                let bb = b0 + li / TK;
+                let k = k0 + li % TK;
+                var v = 0.0;
+                if bb < B && k < GH {
+                    v = d_gates[base + bb * GH + k];
+                }
+                dg_tile[li] = v;
+            }
+            workgroupBarrier();
+            if j < H {
+                let kend = min(TK, GH - k0);
+                for (var kk = 0u; kk < kend; kk++) {
+                    dh_rec += dg_tile[lid.y * TK + kk] * bw_hh[(k0 + kk) * H + j];
+                }
+            }
+            workgroupBarrier();
+        }
+    }
+
+    if j >= H || b >= B {
+        return;
+    }
+    let BH = B * H;
+    let unit = b * H + j;
+    let dh_total = carry[bp.carry_read + unit] + dh_rec;
+    let dc_carry = carry[bp.carry_read + BH + unit];
+    if bp.finish != 0u {
+        carry[bp.carry_write + unit] = dh_total;
+        carry[bp.carry_write + BH + unit] = dc_carry;
+        return;
+    }
+    let t = bp.t;
+    let row = t * B + b;
+    let gx = bp.dgx_off + row * GH + j;
+    let gh = bp.dgh_off + row * GH + j;
+    if t < blengths[b] {
+        let dh = dh_total + d_output[row * bp.dout_stride + bp.dout_col + j];
+        var acts = array<f32, 4>(0.0, 0.0, 0.0, 0.0);
+        for (var s = 0u; s < SAVED; s++) {
+            acts[s] = bsaved[row * SAVED * H + s * H + j];
+        }
+        let h_prev = bh_states[bp.prev_slot + unit];
+        var c_prev = 0.0;
+        var c_cur = 0.0;
+        if HAS_C {
+            c_prev = bc_states[bp.prev_slot + unit];
+            c_cur = bc_states[bp.cur_slot + unit];
+        }
+        let grad = cell_backward(dh, dc_carry, acts, h_prev, c_prev, c_cur);
+        var dgx = grad.dgx;
+        var dgh = grad.dgh;
+        for (var g = 0u; g < GATES; g++) {
+            d_gates[gx + g * H] = dgx[g];
+            if GRAD_PLANES == 2u {
+                d_gates[gh + g * H] = dgh[g];
+            }
+        }
+        carry[bp.carry_write + unit] = grad.dh_direct;
+        carry[bp.carry_write + BH + unit] = grad.dc_prev;
+    } else {
+        // Past the sequence's end the state was copied: its gradient passes through unchanged.
+        for (var g = 0u; g < GATES; g++) {
+            d_gates[gx + g * H] = 0.0;
+            if GRAD_PLANES == 2u {
+                d_gates[gh + g * H] = 0.0;
+            }
+        }
+        carry[bp.carry_write + unit] = dh_total;
+        carry[bp.carry_write + BH + unit] = dc_carry;
+    }
+}

@@ -1,0 +1,58 @@
+// Utility kernels on flat row-major f32 buffers.
+//
+// Every entry point takes one invocation per output element. Dispatch
+// ceil(n / WORKGROUP_SIZE) workgroups split over (x, y) when that exceeds the per-dimension
+// limit (GpuContext::grid_1d); the flat index is id.x + id.y * num_workgroups.x * WORKGROUP_SIZE.
+
+override WORKGROUP_SIZE: u32 = 256u;
+
+fn flat_index(id: vec3u, groups: vec3u) -> u32 {
+    return id.x + id.y * groups.x * WORKGROUP_SIZE;
+}
+
+// ---- fill: out[i] = value for i < len ----
+
+struct FillParams {
+    len: u32,
+    value: f32,
+}
+
+@group(0) @binding(0) var<storage, read_write> fill_out: array<f32>; // (len,)
+@group(0) @binding(1) var<uniform> fill_params: FillParams;
+
+@compute @workgroup_size(WORKGROUP_SIZE)
+fn fill(@builtin(global_invocation_id) id: vec3u, @builtin(num_workgroups) groups: vec3u) {
+    let i = flat_index(id, groups);
+    if i < fill_params.len {
+        fill_out[i] = fill_params.value;
+    }
+}
+
+// ---- transpose: swaps the two leading axes, out[b, a, f] = in[a, b, f] ----
+// Seq-major (T, B, F) -> batch-first (B, T, F) with (a, b) = (T, B); the reverse with (B, T).
+
+struct TransposeParams {
+    a: u32,
+    b: u32,
+    f: u32,
+}
+
+@group(0) @binding(0) var<storage, read> transpose_in: array<f32>; // (A, B, F)
+@group(0) @binding(1) var<storage, read_write> transpose_out: array<f32>; // (B, A, F)
+@group(0) @binding(2) var<uniform> transpose_params: TransposeParams;
+
+@compute @workgroup_size(WORKGROUP_SIZE)
+fn transpose(@builtin(global_invocation_id) id: vec3u, @builtin(num_workgroups) groups: vec3u) {
+    let a = transpose_params.a;
+    let b = transpose_params.b;
+    let f = transpose_params.f;
+    let i = flat_index(id, groups);
+    if i >= a * b * f {
+        return;
+    }
+    // i indexes the output (B, A, F).
+    let fi = i % f;
+    let ai = (i / f) % a;
+    let bi = i / (f * a);
+    transpose_out[i] = transpose_in[(ai * b + bi) * f + fi];
+}

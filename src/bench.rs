@@ -1,0 +1,1040 @@
+//! The CPU-vs-GPU benchmark behind `wgpu-rnn bench`: a sweep of cases, each timed on the CPU
+//! reference and on the GPU with the same seeded inputs, with an agreement check, a text table,
+//! JSON records (the schema `benches/torch_baseline.py` writes) and a bar chart.
+//!
+//! What a GPU timing includes: the wall time of one `GpuRnn::forward` (or `forward_train` +
+//! `backward`) call followed by [`GpuContext::sync`]: uploading the input and initial states,
+//! recording and running the whole sequence, and reading the results back to host arrays.
+//! Parameters are uploaded once per case, outside the timed region.
+
+use crate::batch::{ForwardOutput, Gradients, SequenceBatch, UpstreamGrads};
+use crate::config::{CellKind, Nonlinearity, RnnConfig};
+use crate::cpu;
+use crate::error::{check_shape, Result, RnnError};
+use crate::gpu::{GpuContext, GpuRnn};
+use crate::params::RnnParams;
+use indicatif::{ProgressBar, ProgressStyle};
+use ndarray::{Array3, ArrayView3};
+use rand::{RngExt, SeedableRng};
+use serde_json::{json, Value};
+use std::path::Path;
+use std::sync::{Arc, OnceLock};
+use std::time::Instant;
+
+/// Which implementation(s) to time.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Backend {
+    Cpu,
+    Gpu,
+    Both,
+}
+
+impl Backend {
+    fn runs_cpu(self) -> bool {
+        matches!(self, Backend::Cpu | Backend::Both)
+    }
+
+    fn runs_gpu(self) -> bool {
+        matches!(self, Backend::Gpu | Backend::Both)
+    }
+}
+
+/// What one timed repetition does.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Mode {
+    /// Inference forward pass.
+    Forward,
+    /// Forward pass that keeps what backward needs, then backward with seeded upstream gradients.
+    ForwardBackward,
+}
+
+impl Mode {
+    /// `fwd` or `fwdbwd`, as in the JSON records.
+    pub fn name(self) -> &'static str {
+        match self {
+            Mode::Forward => "fwd",
+            Mode::ForwardBackward => "fwdbwd",
+        }
+    }
+}
+
+/// One benchmark configuration. Inputs are (T, B, I) = (seq, batch, input).
+#[derive(Clone, Debug, PartialEq)]
+pub struct BenchCase {
+    pub cell: CellKind,
+    pub batch: usize,
+    pub seq: usize,
+    pub input: usize,
+    pub hidden: usize,
+    pub layers: usize,
+    pub bidirectional: bool,
+    pub mode: Mode,
+}
+
+impl BenchCase {
+    /// The network this case runs (with bias, seq-major).
+    pub fn config(&self) -> RnnConfig {
+        RnnConfig::new(self.cell, self.input, self.hidden)
+            .layers(self.layers)
+            .bidirectional(self.bidirectional)
+    }
+
+    /// Floating-point operations of one repetition, counting only the matrix products:
+    /// forward = Σ over layers and directions of 2·T·B·G·H·(I_l + H), with G gates and I_l the
+    /// layer's input width; forward+backward ≈ 3 × forward (two more products of each size).
+    pub fn flops(&self) -> f64 {
+        let config = self.config();
+        let gate_rows = config.gate_rows() as f64;
+        let steps = (self.seq * self.batch) as f64;
+        let forward: f64 = (0..self.layers)
+            .map(|layer| {
+                let width = (config.layer_input_size(layer) + self.hidden) as f64;
+                config.num_directions() as f64 * 2.0 * steps * gate_rows * width
+            })
+            .sum();
+        match self.mode {
+            Mode::Forward => forward,
+            Mode::ForwardBackward => 3.0 * forward,
+        }
+    }
+
+    /// Short description, e.g. `lstm B=64 T=100 I=1024 H=1024 fwd`.
+    pub fn label(&self) -> String {
+        let mut label = format!(
+            "{} B={} T={} I={} H={}",
+            cell_name(self.cell),
+            self.batch,
+            self.seq,
+            self.input,
+            self.hidden
+        );
+        if self.layers > 1 {
+            label += &format!(" L={}", self.layers);
+        }
+        if self.bidirectional {
+            label += " bi";
+        }
+        label + " " + self.mode.name()
+    }
+
+    fn check(&self) -> Result<()> {
+        self.config().validate()?;
+        if self.batch == 0 || self.seq == 0 {
+            return Err(RnnError::Config(format!(
+                "bench case `{}`: batch and seq must be at least 1",
+                self.label()
+            )));
+        }
+        Ok(())
+    }
+}
+
+/// `rnn_tanh`, `rnn_relu`, `rnn_identity`, `lstm` or `gru` (what [`CellKind::parse`] reads).
+fn cell_name(cell: CellKind) -> String {
+    match cell {
+        CellKind::Rnn(nl) => format!("rnn_{}", nl.name()),
+        other => other.name().to_string(),
+    }
+}
+
+/// How to run a sweep.
+#[derive(Clone, Debug)]
+pub struct BenchOptions {
+    pub backend: Backend,
+    /// Timed repetitions per case and backend (fewer when they exceed [`TIME_BUDGET_S`]).
+    pub reps: usize,
+    /// Untimed repetitions before timing (also cut by [`TIME_BUDGET_S`]).
+    pub warmup: usize,
+    /// Show a progress bar on stderr.
+    pub progress: bool,
+}
+
+impl Default for BenchOptions {
+    fn default() -> Self {
+        BenchOptions {
+            backend: Backend::Both,
+            reps: 10,
+            warmup: 2,
+            progress: true,
+        }
+    }
+}
+
+/// Seconds of warmup, and separately of timed repetitions, after which a case stops early
+/// (keeping at least one timed repetition), so that slow CPU cases do not stall a sweep.
+pub const TIME_BUDGET_S: f64 = 3.0;
+
+/// Distinct seeded input sets each case rotates through, so that caches do not flatter.
+pub const INPUT_SETS: usize = 3;
+
+/// GPU/CPU relative difference ‖Δ‖/‖ref‖ above which a result counts as a mismatch.
+pub const AGREEMENT_TOLERANCE: f64 = 1e-4;
+
+/// The (B, H) pairs of the real-GPU sweep, with I = H and T = [`GPU_SEQ`].
+const GPU_SIZES: [(usize, usize); 4] = [(1, 256), (1, 1024), (64, 512), (64, 1024)];
+const GPU_SEQ: usize = 100;
+/// The (B, H) pairs and T of the sweep on a CPU adapter (lavapipe, llvmpipe).
+const CPU_ADAPTER_SIZES: [(usize, usize); 4] = [(1, 32), (1, 128), (8, 64), (8, 128)];
+const CPU_ADAPTER_SEQ: usize = 16;
+
+/// The default sweep: Elman tanh, LSTM and GRU; four (B, H) sizes; forward and
+/// forward+backward. On a real GPU: T = 100, H ∈ {256, 512, 1024}, B ∈ {1, 64} (the cuDNN
+/// anchor cases). With `gpu_is_cpu` the sizes shrink so that the sweep finishes in a minute or
+/// two on a few cores; the returned note says so.
+pub fn default_sweep(gpu_is_cpu: bool) -> (Vec<BenchCase>, Option<String>) {
+    let (sizes, seq, note) = if gpu_is_cpu {
+        let note = format!(
+            "the GPU adapter is a CPU implementation: sizes scaled down to B in {{1, 8}}, \
+             H in {{32, 64, 128}}, T = {CPU_ADAPTER_SEQ} (a real GPU runs B in {{1, 64}}, \
+             H in {{256, 512, 1024}}, T = {GPU_SEQ})"
+        );
+        (CPU_ADAPTER_SIZES, CPU_ADAPTER_SEQ, Some(note))
+    } else {
+        (GPU_SIZES, GPU_SEQ, None)
+    };
+    let cells = [
+        CellKind::Rnn(Nonlinearity::Tanh),
+        CellKind::Lstm,
+        CellKind::Gru,
+    ];
+    let mut cases = Vec::new();
+    for cell in cells {
+        for (batch, hidden) in sizes {
+            for mode in [Mode::Forward, Mode::ForwardBackward] {
+                cases.push(BenchCase {
+                    cell,
+                    batch,
+                    seq,
+                    input: hidden,
+                    hidden,
+                    layers: 1,
+                    bidirectional: false,
+                    mode,
+                });
+            }
+        }
+    }
+    (cases, note)
+}
+
+/// Statistics of the timed repetitions of one case on one backend.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Timing {
+    pub median_ms: f64,
+    pub min_ms: f64,
+    pub mean_ms: f64,
+    /// Repetitions actually timed.
+    pub reps: usize,
+    /// [`BenchCase::flops`] / median time.
+    pub gflops: f64,
+    /// How time was taken: `"wall"` (host clock, ending after a device sync on the GPU).
+    pub timer: &'static str,
+}
+
+impl Timing {
+    fn from_ms(mut times: Vec<f64>, flops: f64) -> Self {
+        times.sort_by(f64::total_cmp);
+        let n = times.len();
+        let median_ms = if n % 2 == 1 {
+            times[n / 2]
+        } else {
+            0.5 * (times[n / 2 - 1] + times[n / 2])
+        };
+        Timing {
+            median_ms,
+            min_ms: times[0],
+            mean_ms: times.iter().sum::<f64>() / n as f64,
+            reps: n,
+            gflops: flops / (median_ms * 1e-3) / 1e9,
+            timer: "wall",
+        }
+    }
+}
+
+/// The outcome of one case.
+#[derive(Clone, Debug, PartialEq)]
+pub struct BenchResult {
+    pub case: BenchCase,
+    pub cpu: Option<Timing>,
+    pub gpu: Option<Timing>,
+    /// Largest ‖GPU − CPU‖/‖CPU‖ over the outputs (and, for forward+backward, every gradient)
+    /// on the same inputs; None when the GPU did not run.
+    pub max_rel_err: Option<f64>,
+}
+
+impl BenchResult {
+    /// CPU median / GPU median, when both ran.
+    pub fn speedup(&self) -> Option<f64> {
+        Some(self.cpu.as_ref()?.median_ms / self.gpu.as_ref()?.median_ms)
+    }
+
+    /// Whether the GPU disagreed with the CPU beyond [`AGREEMENT_TOLERANCE`].
+    pub fn mismatch(&self) -> bool {
+        self.max_rel_err
+            .is_some_and(|e| e.is_nan() || e > AGREEMENT_TOLERANCE)
+    }
+}
+
+/// A finished sweep with what is needed to reproduce it.
+#[derive(Clone, Debug)]
+pub struct BenchReport {
+    pub results: Vec<BenchResult>,
+    /// GPU adapter name and wgpu backend (e.g. `Vulkan`), when the GPU ran.
+    pub adapter: Option<(String, String)>,
+    /// CPU model and thread count, for the CPU records.
+    pub cpu_name: String,
+    pub warmup: usize,
+    /// `git rev-parse HEAD` at run time, or `unknown`.
+    pub git_commit: String,
+}
+
+impl BenchReport {
+    /// The results that failed the agreement check.
+    pub fn mismatches(&self) -> Vec<&BenchResult> {
+        self.results.iter().filter(|r| r.mismatch()).collect()
+    }
+
+    /// A text table: per case, CPU and GPU median/min ms and GFLOP/s, GPU/CPU speedup and the
+    /// agreement check, under a header naming the adapter, CPU and timer.
+    pub fn table(&self) -> String {
+        let mut out = String::new();
+        if let Some((name, backend)) = &self.adapter {
+            out += &format!(
+                "GPU: {name} ({backend}); wall time to a device sync, including input upload \
+                 and result readback\n"
+            );
+        }
+        out += &format!("CPU: {}\n", self.cpu_name);
+        let label_width = self
+            .results
+            .iter()
+            .map(|r| r.case.label().len())
+            .max()
+            .unwrap_or(4)
+            .max(4);
+        out += &format!(
+            "{:<label_width$} | {:>10} {:>10} {:>8} | {:>10} {:>10} {:>8} | {:>8} | {:>8}\n",
+            "case",
+            "CPU med ms",
+            "CPU min",
+            "GFLOP/s",
+            "GPU med ms",
+            "GPU min",
+            "GFLOP/s",
+            "GPU/CPU",
+            "rel err"
+        );
+        out += &format!("{}\n", "-".repeat(label_width + 87));
+        let timing_cells = |t: &Option<Timing>| match t {
+            Some(t) => format!(
+                "{:>10.3} {:>10.3} {:>8}",
+                t.median_ms,
+                t.min_ms,
+                two_digits(t.gflops)
+            ),
+            None => format!("{:>10} {:>10} {:>8}", "-", "-", "-"),
+        };
+        for r in &self.results {
+            let speedup = r
+                .speedup()
+                .map_or_else(|| "-".to_string(), |s| two_digits(s) + "x");
+            let err = match r.max_rel_err {
+                Some(e) if r.mismatch() => format!("{e:.1e} MISMATCH"),
+                Some(e) => format!("{e:.1e}"),
+                None => "-".to_string(),
+            };
+            out += &format!(
+                "{:<label_width$} | {} | {} | {:>8} | {:>8}\n",
+                r.case.label(),
+                timing_cells(&r.cpu),
+                timing_cells(&r.gpu),
+                speedup,
+                err
+            );
+        }
+        out
+    }
+
+    /// One JSON record per case and backend, in the schema of `benches/torch_baseline.py`.
+    pub fn records(&self) -> Vec<Value> {
+        let (gpu_name, gpu_backend) = self.adapter.clone().unwrap_or_default();
+        let mut records = Vec::new();
+        for r in &self.results {
+            let c = &r.case;
+            let runs = [
+                ("cpu", &r.cpu, self.cpu_name.as_str(), "cpu", false),
+                ("gpu", &r.gpu, gpu_name.as_str(), gpu_backend.as_str(), true),
+            ];
+            for (backend, timing, adapter, adapter_backend, transfers) in runs {
+                let Some(t) = timing else { continue };
+                records.push(json!({
+                    "lib": "wgpu-rnn",
+                    "version": env!("CARGO_PKG_VERSION"),
+                    "backend": backend,
+                    "adapter": adapter,
+                    "adapter_backend": adapter_backend,
+                    "cell": cell_name(c.cell),
+                    "B": c.batch,
+                    "T": c.seq,
+                    "I": c.input,
+                    "H": c.hidden,
+                    "layers": c.layers,
+                    "bidirectional": c.bidirectional,
+                    "mode": c.mode.name(),
+                    "ms_median": t.median_ms,
+                    "ms_min": t.min_ms,
+                    "ms_mean": t.mean_ms,
+                    "reps": t.reps,
+                    "warmup": self.warmup,
+                    "gflops": t.gflops,
+                    "timer": t.timer,
+                    "includes_transfers": transfers,
+                    "max_rel_err": r.max_rel_err,
+                    "git_commit": self.git_commit,
+                }));
+            }
+        }
+        records
+    }
+
+    /// Writes [`BenchReport::records`] as a pretty-printed JSON array.
+    pub fn write_json(&self, path: impl AsRef<Path>) -> Result<()> {
+        let path = path.as_ref();
+        let text = serde_json::to_string_pretty(&Value::Array(self.records()))
+            .map_err(|e| RnnError::io(path, std::io::Error::other(e)))?;
+        std::fs::write(path, text + "\n").map_err(|e| RnnError::io(path, e))
+    }
+
+    /// Writes a PNG bar chart: median ms of CPU and GPU per case, log scale.
+    pub fn plot(&self, path: impl AsRef<Path>) -> Result<()> {
+        let path = path.as_ref();
+        plot::bars(self, path).map_err(|e| RnnError::io(path, std::io::Error::other(e)))
+    }
+}
+
+/// Runs every case on the chosen backends. `ctx` is needed when the backend includes the GPU.
+pub fn run_sweep(
+    ctx: Option<Arc<GpuContext>>,
+    cases: &[BenchCase],
+    opts: &BenchOptions,
+) -> Result<BenchReport> {
+    if opts.reps == 0 {
+        return Err(RnnError::Config("bench reps must be at least 1".into()));
+    }
+    let gpu = match (opts.backend.runs_gpu(), ctx) {
+        (true, Some(ctx)) => Some(ctx),
+        (true, None) => {
+            return Err(RnnError::Config(
+                "the GPU backend was asked for but no GPU context was given".into(),
+            ))
+        }
+        (false, _) => None,
+    };
+    for case in cases {
+        case.check()?;
+    }
+    let bar = progress_bar(cases.len(), opts.progress);
+    let mut results = Vec::with_capacity(cases.len());
+    for (index, case) in cases.iter().enumerate() {
+        bar.set_message(case.label());
+        let result = run_case(gpu.as_ref(), case, opts, index as u64);
+        bar.inc(1);
+        results.push(result.map_err(|e| match e {
+            RnnError::Device(msg) => RnnError::Device(format!("bench `{}`: {msg}", case.label())),
+            other => other,
+        })?);
+    }
+    bar.finish_and_clear();
+    Ok(BenchReport {
+        results,
+        adapter: gpu.map(|ctx| {
+            let info = ctx.adapter_info();
+            (info.name.clone(), format!("{:?}", info.backend))
+        }),
+        cpu_name: cpu_name(),
+        warmup: opts.warmup,
+        git_commit: git_commit(),
+    })
+}
+
+fn progress_bar(len: usize, visible: bool) -> ProgressBar {
+    if !visible {
+        return ProgressBar::hidden();
+    }
+    let bar = ProgressBar::new(len as u64);
+    if let Ok(style) = ProgressStyle::with_template("{bar:30} {pos}/{len} [{elapsed}] {msg}") {
+        bar.set_style(style);
+    }
+    bar
+}
+
+/// Seeded parameters and [`INPUT_SETS`] input sets of one case.
+struct CaseData {
+    params: RnnParams<f32>,
+    sets: Vec<InputSet>,
+}
+
+/// Inputs, initial states and upstream gradients, all seeded random (never zeros).
+struct InputSet {
+    /// (T, B, I)
+    input: Array3<f32>,
+    /// (L·D, B, H)
+    h0: Array3<f32>,
+    /// (L·D, B, H), LSTM only
+    c0: Option<Array3<f32>>,
+    /// (T, B, D·H)
+    grad_output: Array3<f32>,
+    /// (L·D, B, H)
+    grad_h_n: Array3<f32>,
+    /// (L·D, B, H), LSTM only
+    grad_c_n: Option<Array3<f32>>,
+}
+
+impl InputSet {
+    fn batch(&self) -> SequenceBatch<'_, f32> {
+        let batch = SequenceBatch::new(self.input.view()).h0(self.h0.view());
+        match &self.c0 {
+            Some(c0) => batch.c0(c0.view()),
+            None => batch,
+        }
+    }
+
+    fn upstream(&self) -> UpstreamGrads<'_, f32> {
+        let grads = UpstreamGrads::new(self.grad_output.view()).h_n(self.grad_h_n.view());
+        match &self.grad_c_n {
+            Some(c_n) => grads.c_n(c_n.view()),
+            None => grads,
+        }
+    }
+}
+
+impl CaseData {
+    fn new(case: &BenchCase, seed: u64) -> Result<Self> {
+        let config = case.config();
+        let params = RnnParams::init(&config, seed)?;
+        let mut rng = rand::rngs::StdRng::seed_from_u64(seed ^ 0x5eed_ba7c);
+        let mut random = |shape: (usize, usize, usize)| {
+            Array3::from_shape_simple_fn(shape, || rng.random_range(-1.0f32..1.0))
+        };
+        let states = (
+            case.layers * config.num_directions(),
+            case.batch,
+            case.hidden,
+        );
+        let lstm = config.cell.has_cell_state();
+        let sets = (0..INPUT_SETS)
+            .map(|_| InputSet {
+                input: random((case.seq, case.batch, case.input)),
+                h0: random(states),
+                c0: lstm.then(|| random(states)),
+                grad_output: random((case.seq, case.batch, config.output_size())),
+                grad_h_n: random(states),
+                grad_c_n: lstm.then(|| random(states)),
+            })
+            .collect();
+        Ok(CaseData { params, sets })
+    }
+}
+
+/// What one run of a case produced, for the agreement check.
+struct RunOutputs {
+    forward: ForwardOutput<f32>,
+    grads: Option<Gradients<f32>>,
+}
+
+fn cpu_run(data: &CaseData, set: &InputSet, mode: Mode) -> Result<RunOutputs> {
+    let batch = set.batch();
+    match mode {
+        Mode::Forward => Ok(RunOutputs {
+            forward: cpu::forward(&data.params, &batch)?,
+            grads: None,
+        }),
+        Mode::ForwardBackward => {
+            let (forward, tape) = cpu::forward_train(&data.params, &batch)?;
+            let grads = cpu::backward(&data.params, &tape, &set.upstream())?;
+            Ok(RunOutputs {
+                forward,
+                grads: Some(grads),
+            })
+        }
+    }
+}
+
+fn gpu_run(ctx: &GpuContext, model: &GpuRnn, set: &InputSet, mode: Mode) -> Result<RunOutputs> {
+    let batch = set.batch();
+    let outputs = match mode {
+        Mode::Forward => RunOutputs {
+            forward: model.forward(&batch)?,
+            grads: None,
+        },
+        Mode::ForwardBackward => {
+            let (forward, tape) = model.forward_train(&batch)?;
+            let grads = model.backward(&tape, &set.upstream())?;
+            RunOutputs {
+                forward,
+                grads: Some(grads),
+            }
+        }
+    };
+    ctx.sync()?;
+    Ok(outputs)
+}
+
+fn run_case(
+    ctx: Option<&Arc<GpuContext>>,
+    case: &BenchCase,
+    opts: &BenchOptions,
+    seed: u64,
+) -> Result<BenchResult> {
+    let data = CaseData::new(case, seed)?;
+    let flops = case.flops();
+    let cpu = if opts.backend.runs_cpu() {
+        Some(time_reps(opts, flops, |i| {
+            cpu_run(&data, &data.sets[i % INPUT_SETS], case.mode).map(drop)
+        })?)
+    } else {
+        None
+    };
+    let (gpu, max_rel_err) = match ctx {
+        Some(ctx) => {
+            let model = GpuRnn::new(Arc::clone(ctx), &data.params)?;
+            let reference = cpu_run(&data, &data.sets[0], case.mode)?;
+            let got = gpu_run(ctx, &model, &data.sets[0], case.mode)?;
+            let err = max_rel_err(&reference, &got)?;
+            let timing = time_reps(opts, flops, |i| {
+                gpu_run(ctx, &model, &data.sets[i % INPUT_SETS], case.mode).map(drop)
+            })?;
+            (Some(timing), Some(err))
+        }
+        None => (None, None),
+    };
+    Ok(BenchResult {
+        case: case.clone(),
+        cpu,
+        gpu,
+        max_rel_err,
+    })
+}
+
+/// Runs `run(i)` for warmup and then for timed repetitions, each within [`TIME_BUDGET_S`].
+fn time_reps(
+    opts: &BenchOptions,
+    flops: f64,
+    mut run: impl FnMut(usize) -> Result<()>,
+) -> Result<Timing> {
+    let warmup_start = Instant::now();
+    for i in 0..opts.warmup {
+        if warmup_start.elapsed().as_secs_f64() > TIME_BUDGET_S {
+            break;
+        }
+        run(i)?;
+    }
+    let mut times = Vec::with_capacity(opts.reps);
+    let mut spent = 0.0;
+    for i in 0..opts.reps {
+        if spent > TIME_BUDGET_S {
+            break;
+        }
+        let start = Instant::now();
+        run(opts.warmup + i)?;
+        let seconds = start.elapsed().as_secs_f64();
+        spent += seconds;
+        times.push(seconds * 1e3);
+    }
+    Ok(Timing::from_ms(times, flops))
+}
+
+/// ‖got − reference‖ / ‖reference‖ in f64 (absolute norm when the reference is zero).
+fn rel_err(tensor: &str, reference: ArrayView3<f32>, got: ArrayView3<f32>) -> Result<f64> {
+    check_shape(tensor, reference.shape(), got.shape())?;
+    let (mut diff, mut norm) = (0.0f64, 0.0f64);
+    for (&r, &g) in reference.iter().zip(got.iter()) {
+        let (r, g) = (r as f64, g as f64);
+        diff += (g - r) * (g - r);
+        norm += r * r;
+    }
+    Ok(if norm > 0.0 {
+        (diff / norm).sqrt()
+    } else {
+        diff.sqrt()
+    })
+}
+
+/// The largest relative error over every output and gradient tensor the two runs share.
+fn max_rel_err(reference: &RunOutputs, got: &RunOutputs) -> Result<f64> {
+    let (r, g) = (&reference.forward, &got.forward);
+    let mut errs = vec![
+        rel_err("output", r.output.view(), g.output.view())?,
+        rel_err("h_n", r.h_n.view(), g.h_n.view())?,
+    ];
+    if let (Some(rc), Some(gc)) = (&r.c_n, &g.c_n) {
+        errs.push(rel_err("c_n", rc.view(), gc.view())?);
+    }
+    if let (Some(r), Some(g)) = (&reference.grads, &got.grads) {
+        errs.push(rel_err("grad_input", r.input.view(), g.input.view())?);
+        errs.push(rel_err("grad_h0", r.h0.view(), g.h0.view())?);
+        if let (Some(rc), Some(gc)) = (&r.c0, &g.c0) {
+            errs.push(rel_err("grad_c0", rc.view(), gc.view())?);
+        }
+        for ((name, rp), (_, gp)) in r.params.named().into_iter().zip(g.params.named()) {
+            let (rp, gp) = (flat3(&name, rp)?, flat3(&name, gp)?);
+            errs.push(rel_err(&name, rp.view(), gp.view())?);
+        }
+    }
+    Ok(errs.into_iter().fold(0.0, |worst, e| {
+        if e.is_nan() || worst.is_nan() {
+            f64::NAN
+        } else {
+            worst.max(e)
+        }
+    }))
+}
+
+/// A parameter tensor (1-D or 2-D) as a (1, 1, n) array for [`rel_err`].
+fn flat3(name: &str, a: ndarray::ArrayD<f32>) -> Result<Array3<f32>> {
+    let n = a.len();
+    let shape = a.shape().to_vec();
+    Array3::from_shape_vec((1, 1, n), a.into_iter().collect())
+        .map_err(|_| RnnError::shape(name, &[n], &shape))
+}
+
+/// `v` with about two significant digits: 1234, 12.3, 1.2, 0.012.
+fn two_digits(v: f64) -> String {
+    if v >= 100.0 || v == 0.0 || !v.is_finite() {
+        format!("{v:.0}")
+    } else {
+        let decimals = (1.0 - v.log10().floor()).max(1.0) as usize;
+        format!("{v:.decimals$}")
+    }
+}
+
+/// CPU model name and thread count, from /proc/cpuinfo where available.
+fn cpu_name() -> String {
+    let model = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|text| {
+            text.lines()
+                .find(|l| l.starts_with("model name"))
+                .and_then(|l| l.split_once(':'))
+                .map(|(_, name)| name.trim().to_string())
+        })
+        .unwrap_or_else(|| std::env::consts::ARCH.to_string());
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+    format!("{model} ({threads} threads)")
+}
+
+/// `git rev-parse HEAD` in the current directory, or `unknown`.
+fn git_commit() -> String {
+    std::process::Command::new("git")
+        .args(["rev-parse", "HEAD"])
+        .output()
+        .ok()
+        .filter(|out| out.status.success())
+        .and_then(|out| String::from_utf8(out.stdout).ok())
+        .map(|s| s.trim().to_string())
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| "unknown".to_string())
+}
+
+mod plot {
+    //! The bar chart of [`BenchReport::plot`].
+
+    use super::{BenchReport, OnceLock};
+    use plotters::prelude::*;
+    use std::path::Path;
+
+    const FONT: &str = "sans-serif";
+    static FONT_BYTES: &[u8] = include_bytes!("../assets/DejaVuSans.ttf");
+    const CPU_COLOR: RGBColor = RGBColor(70, 110, 190);
+    const GPU_COLOR: RGBColor = RGBColor(230, 120, 40);
+
+    /// Registers the embedded DejaVu Sans once (plotters' ab_glyph backend has no system fonts).
+    fn register_font() -> Result<(), String> {
+        static REGISTERED: OnceLock<Result<(), String>> = OnceLock::new();
+        REGISTERED
+            .get_or_init(|| {
+                plotters::style::register_font(FONT, FontStyle::Normal, FONT_BYTES)
+                    .map_err(|_| "the embedded DejaVuSans.ttf is not a valid font".to_string())
+            })
+            .clone()
+    }
+
+    pub(super) fn bars(report: &BenchReport, path: &Path) -> Result<(), String> {
+        register_font()?;
+        let medians: Vec<(String, Option<f64>, Option<f64>)> = report
+            .results
+            .iter()
+            .map(|r| {
+                (
+                    r.case.label(),
+                    r.cpu.as_ref().map(|t| t.median_ms),
+                    r.gpu.as_ref().map(|t| t.median_ms),
+                )
+            })
+            .collect();
+        let all: Vec<f64> = medians
+            .iter()
+            .flat_map(|(_, c, g)| [*c, *g])
+            .flatten()
+            .filter(|v| *v > 0.0)
+            .collect();
+        if all.is_empty() {
+            return Err("no timings to plot".into());
+        }
+        let low = all.iter().copied().fold(f64::INFINITY, f64::min) / 2.0;
+        let high = all.iter().copied().fold(0.0, f64::max) * 2.0;
+        let n = medians.len();
+        let width = (160 + 70 * n as u32).max(800);
+        let root = BitMapBackend::new(path, (width, 720)).into_drawing_area();
+        root.fill(&WHITE).map_err(|e| e.to_string())?;
+        let title = match &report.adapter {
+            Some((name, backend)) => format!("wgpu-rnn: CPU vs GPU ({name}, {backend})"),
+            None => "wgpu-rnn: CPU".to_string(),
+        };
+        let mut chart = ChartBuilder::on(&root)
+            .caption(title, (FONT, 22))
+            .margin(15)
+            .x_label_area_size(250)
+            .y_label_area_size(80)
+            .build_cartesian_2d(0.0..n as f64, (low..high).log_scale())
+            .map_err(|e| e.to_string())?;
+        chart
+            .configure_mesh()
+            .disable_x_mesh()
+            .x_labels(0)
+            .y_label_style((FONT, 14))
+            .y_label_formatter(&|ms| match *ms {
+                ms if ms >= 100.0 => format!("{ms:.0}"),
+                ms if ms >= 1.0 => format!("{ms:.1}"),
+                ms => format!("{ms:.3}"),
+            })
+            .y_desc("median ms (log scale)")
+            .axis_desc_style((FONT, 15))
+            .draw()
+            .map_err(|e| e.to_string())?;
+        for (color, name, is_gpu) in [(CPU_COLOR, "CPU", false), (GPU_COLOR, "GPU", true)] {
+            let bars = medians.iter().enumerate().filter_map(|(i, (_, cpu, gpu))| {
+                let value = if is_gpu { *gpu } else { *cpu }?;
+                let left = i as f64 + if is_gpu { 0.5 } else { 0.1 };
+                Some(Rectangle::new(
+                    [(left, low), (left + 0.4, value)],
+                    color.filled(),
+                ))
+            });
+            chart
+                .draw_series(bars)
+                .map_err(|e| e.to_string())?
+                .label(name)
+                .legend(move |(x, y)| {
+                    Rectangle::new([(x, y - 6), (x + 14, y + 6)], color.filled())
+                });
+        }
+        // Case names below the axis, written downwards under each pair of bars.
+        let label_style =
+            TextStyle::from((FONT, 13).into_font()).transform(FontTransform::Rotate90);
+        for (i, (label, _, _)) in medians.iter().enumerate() {
+            let (x, y) = chart.backend_coord(&(i as f64 + 0.5, low));
+            root.draw(&Text::new(
+                label.clone(),
+                (x + 7, y + 8),
+                label_style.clone(),
+            ))
+            .map_err(|e| e.to_string())?;
+        }
+        // GPU/CPU speedup above each pair that has both.
+        let speedups = report.results.iter().enumerate().filter_map(|(i, r)| {
+            let top = r.cpu.as_ref()?.median_ms.max(r.gpu.as_ref()?.median_ms);
+            Some(Text::new(
+                super::two_digits(r.speedup()?) + "x",
+                (i as f64 + 0.2, top * 1.25),
+                (FONT, 12).into_font(),
+            ))
+        });
+        chart.draw_series(speedups).map_err(|e| e.to_string())?;
+        chart
+            .configure_series_labels()
+            .position(SeriesLabelPosition::UpperLeft)
+            .background_style(WHITE.mix(0.9))
+            .border_style(BLACK)
+            .label_font((FONT, 15))
+            .draw()
+            .map_err(|e| e.to_string())?;
+        root.present().map_err(|e| e.to_string())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tiny_case(cell: CellKind, mode: Mode) -> BenchCase {
+        BenchCase {
+            cell,
+            batch: 3,
+            seq: 5,
+            input: 7,
+            hidden: 9,
+            layers: 2,
+            bidirectional: true,
+            mode,
+        }
+    }
+
+    #[test]
+    fn flops_follow_the_documented_formula() {
+        let case = tiny_case(CellKind::Lstm, Mode::Forward);
+        // Layer 0: 2 dirs · 2·T·B·4H·(I+H); layer 1 input is 2H.
+        let layer0 = 2.0 * 2.0 * 15.0 * 36.0 * (7.0 + 9.0);
+        let layer1 = 2.0 * 2.0 * 15.0 * 36.0 * (18.0 + 9.0);
+        assert_eq!(case.flops(), layer0 + layer1);
+        let train = tiny_case(CellKind::Lstm, Mode::ForwardBackward);
+        assert_eq!(train.flops(), 3.0 * case.flops());
+    }
+
+    #[test]
+    fn default_sweeps_cover_every_cell_and_mode() {
+        for gpu_is_cpu in [false, true] {
+            let (cases, note) = default_sweep(gpu_is_cpu);
+            assert_eq!(note.is_some(), gpu_is_cpu);
+            assert_eq!(cases.len(), 3 * 4 * 2);
+            for cell in ["rnn_tanh", "lstm", "gru"] {
+                for mode in [Mode::Forward, Mode::ForwardBackward] {
+                    assert!(cases
+                        .iter()
+                        .any(|c| cell_name(c.cell) == cell && c.mode == mode));
+                }
+            }
+        }
+        let (gpu_cases, _) = default_sweep(false);
+        assert!(gpu_cases
+            .iter()
+            .any(|c| c.cell == CellKind::Lstm && c.batch == 64 && c.hidden == 1024));
+    }
+
+    #[test]
+    fn cpu_sweep_reports_and_round_trips_through_json() {
+        let cases = [
+            tiny_case(CellKind::Gru, Mode::Forward),
+            tiny_case(CellKind::Lstm, Mode::ForwardBackward),
+        ];
+        let opts = BenchOptions {
+            backend: Backend::Cpu,
+            reps: 3,
+            warmup: 1,
+            progress: false,
+        };
+        let report = run_sweep(None, &cases, &opts).expect("CPU sweep");
+        assert_eq!(report.results.len(), 2);
+        for r in &report.results {
+            let cpu = r.cpu.as_ref().expect("CPU timing");
+            assert_eq!(cpu.reps, 3);
+            assert!(cpu.min_ms > 0.0 && cpu.min_ms <= cpu.median_ms && cpu.gflops > 0.0);
+            assert!(r.gpu.is_none() && r.max_rel_err.is_none());
+        }
+        let table = report.table();
+        assert!(table.contains("gru B=3 T=5 I=7 H=9 L=2 bi fwd"), "{table}");
+
+        let dir = std::env::temp_dir().join(format!("wgpu-rnn-bench-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("bench.json");
+        report.write_json(&path).unwrap();
+        let parsed: Value = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+        let records = report.records();
+        assert_eq!(parsed.as_array().map(Vec::len), Some(records.len()));
+        for (read, written) in parsed.as_array().unwrap().iter().zip(&records) {
+            let (read, written) = (read.as_object().unwrap(), written.as_object().unwrap());
+            assert_eq!(read.len(), written.len());
+            for (key, value) in written {
+                // serde_json's float parsing may differ in the last bit.
+                let same = match (value.as_f64(), read[key].as_f64()) {
+                    (Some(w), Some(r)) => (w - r).abs() <= 1e-12 * w.abs(),
+                    _ => *value == read[key],
+                };
+                assert!(same, "`{key}`: wrote {value}, read {}", read[key]);
+            }
+        }
+        let first = &parsed[0];
+        assert_eq!(first["lib"], "wgpu-rnn");
+        assert_eq!(first["backend"], "cpu");
+        assert_eq!(first["cell"], "gru");
+        assert_eq!(first["mode"], "fwd");
+        assert_eq!(
+            (first["B"].clone(), first["H"].clone()),
+            (json!(3), json!(9))
+        );
+        assert_eq!(parsed[1]["mode"], "fwdbwd");
+
+        let png = dir.join("bench.png");
+        report.plot(&png).unwrap();
+        assert!(std::fs::metadata(&png).unwrap().len() > 1000);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn gpu_sweep_agrees_with_cpu_and_reports_the_adapter() {
+        let ctx = match GpuContext::new() {
+            Ok(ctx) => Arc::new(ctx),
+            Err(e) if std::env::var("WGPU_RNN_REQUIRE_GPU").as_deref() == Ok("1") => {
+                panic!("WGPU_RNN_REQUIRE_GPU=1 but no GPU context: {e}")
+            }
+            Err(e) => {
+                eprintln!("skipping: no GPU context: {e}");
+                return;
+            }
+        };
+        let mut case = tiny_case(CellKind::Lstm, Mode::ForwardBackward);
+        (case.layers, case.seq) = (1, 3);
+        let opts = BenchOptions {
+            backend: Backend::Both,
+            reps: 2,
+            warmup: 0,
+            progress: false,
+        };
+        let report = run_sweep(Some(Arc::clone(&ctx)), &[case], &opts).expect("GPU sweep");
+        let result = &report.results[0];
+        let err = result.max_rel_err.expect("agreement checked");
+        assert!(err < AGREEMENT_TOLERANCE, "GPU vs CPU rel err {err}");
+        assert!(result
+            .gpu
+            .as_ref()
+            .is_some_and(|t| t.reps == 2 && t.min_ms > 0.0));
+        assert!(result.speedup().is_some());
+        let (name, _) = report.adapter.as_ref().expect("adapter named");
+        assert_eq!(name, &ctx.adapter_info().name);
+        let gpu_record = &report.records()[1];
+        assert_eq!(gpu_record["backend"], "gpu");
+        assert_eq!(gpu_record["includes_transfers"], true);
+    }
+
+    #[test]
+    fn agreement_check_sees_a_perturbed_or_nan_output() {
+        let case = tiny_case(CellKind::Gru, Mode::ForwardBackward);
+        let data = CaseData::new(&case, 3).unwrap();
+        let reference = cpu_run(&data, &data.sets[0], case.mode).unwrap();
+        let mut got = cpu_run(&data, &data.sets[0], case.mode).unwrap();
+        assert_eq!(max_rel_err(&reference, &got).unwrap(), 0.0);
+        // 1% off in one parameter gradient only.
+        let w = &mut got.grads.as_mut().unwrap().params.layers[3].w_hh;
+        *w *= 1.01;
+        let err = max_rel_err(&reference, &got).unwrap();
+        assert!((err - 0.01).abs() < 1e-6, "rel err {err}");
+        got.forward.output[[4, 2, 17]] = f32::NAN;
+        let result = BenchResult {
+            case,
+            cpu: None,
+            gpu: None,
+            max_rel_err: Some(max_rel_err(&reference, &got).unwrap()),
+        };
+        assert!(result.mismatch());
+    }
+
+    #[test]
+    fn gpu_backend_without_context_is_an_error() {
+        let opts = BenchOptions {
+            backend: Backend::Gpu,
+            ..BenchOptions::default()
+        };
+        let err = run_sweep(None, &[tiny_case(CellKind::Gru, Mode::Forward)], &opts).unwrap_err();
+        assert!(err.to_string().contains("no GPU context"), "{err}");
+    }
+}

@@ -1,0 +1,65 @@
+//! Elman RNN cell: h' = φ(x W_ihᵀ + b_ih + h W_hhᵀ + b_hh).
+
+use crate::config::Nonlinearity;
+use crate::scalar::Scalar;
+use ndarray::{ArrayView2, ArrayViewMut2, Zip};
+
+/// Columns of the per-step saved activations, in units of H: h'.
+pub(super) const SAVED_BLOCKS: usize = 1;
+
+fn activate<F: Scalar>(nonlinearity: Nonlinearity, a: F) -> F {
+    match nonlinearity {
+        Nonlinearity::Tanh => a.tanh(),
+        Nonlinearity::Relu => a.max(F::zero()),
+        Nonlinearity::Identity => a,
+    }
+}
+
+/// dφ/da expressed through the activation's output y = φ(a).
+fn derivative_from_output<F: Scalar>(nonlinearity: Nonlinearity, y: F) -> F {
+    match nonlinearity {
+        Nonlinearity::Tanh => F::one() - y * y,
+        Nonlinearity::Relu => {
+            if y > F::zero() {
+                F::one()
+            } else {
+                F::zero()
+            }
+        }
+        Nonlinearity::Identity => F::one(),
+    }
+}
+
+/// One step: `h` (B, H) becomes h'; `saved` (B, H) keeps h'.
+/// `gx`, `gh`: (B, H) input-side and hidden-side pre-activations (biases included).
+pub(super) fn step<F: Scalar>(
+    nonlinearity: Nonlinearity,
+    gx: ArrayView2<'_, F>,
+    gh: ArrayView2<'_, F>,
+    h: ArrayViewMut2<'_, F>,
+    saved: ArrayViewMut2<'_, F>,
+) {
+    Zip::from(h)
+        .and(saved)
+        .and(gx)
+        .and(gh)
+        .for_each(|h, s, &x, &r| {
+            let y = activate(nonlinearity, x + r);
+            *h = y;
+            *s = y;
+        });
+}
+
+/// Step backward: from dh (B, H) writes the pre-activation gradient `dg` (B, H), which is the
+/// same on the input and the hidden side, and leaves in `dh` the direct part of dh_prev (zero).
+pub(super) fn step_backward<F: Scalar>(
+    nonlinearity: Nonlinearity,
+    saved: ArrayView2<'_, F>,
+    dh: ArrayViewMut2<'_, F>,
+    dg: ArrayViewMut2<'_, F>,
+) {
+    Zip::from(dg).and(dh).and(saved).for_each(|dg, dh, &y| {
+        *dg = *dh * derivative_from_output(nonlinearity, y);
+        *dh = F::zero();
+    });
+}

@@ -1,0 +1,461 @@
+//! Adapter and device choice, the compute-pipeline cache and device error reporting.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::sync::{Arc, Mutex};
+
+use crate::error::{Result, RnnError};
+
+/// Optional features requested when the adapter offers them.
+const WANTED_FEATURES: wgpu::Features = wgpu::Features::SUBGROUP
+    .union(wgpu::Features::SHADER_F16)
+    .union(wgpu::Features::TIMESTAMP_QUERY)
+    .union(wgpu::Features::TIMESTAMP_QUERY_INSIDE_PASSES)
+    .union(wgpu::Features::IMMEDIATES);
+
+/// Features listed by `wgpu-rnn info`.
+const REPORTED_FEATURES: [(wgpu::Features, &str); 6] = [
+    (wgpu::Features::SUBGROUP, "SUBGROUP"),
+    (wgpu::Features::SHADER_F16, "SHADER_F16"),
+    (wgpu::Features::SHADER_F64, "SHADER_F64"),
+    (wgpu::Features::TIMESTAMP_QUERY, "TIMESTAMP_QUERY"),
+    (
+        wgpu::Features::TIMESTAMP_QUERY_INSIDE_PASSES,
+        "TIMESTAMP_QUERY_INSIDE_PASSES",
+    ),
+    (wgpu::Features::IMMEDIATES, "IMMEDIATES"),
+];
+
+/// How [`GpuContext::with_options`] picks an adapter.
+#[derive(Clone, Debug)]
+pub struct GpuOptions {
+    /// Backends to search; `None` reads `WGPU_BACKEND` (e.g. `vulkan`, `gl`), else all.
+    pub backends: Option<wgpu::Backends>,
+    /// Case-insensitive substring of the adapter name; `None` reads `WGPU_ADAPTER_NAME`.
+    pub adapter_name: Option<String>,
+    /// Preferred device type when several adapters match.
+    pub power_preference: wgpu::PowerPreference,
+}
+
+impl Default for GpuOptions {
+    fn default() -> Self {
+        GpuOptions {
+            backends: None,
+            adapter_name: None,
+            power_preference: wgpu::PowerPreference::HighPerformance,
+        }
+    }
+}
+
+impl GpuOptions {
+    fn instance(&self) -> wgpu::Instance {
+        let mut desc = wgpu::InstanceDescriptor::new_without_display_handle_from_env();
+        if let Some(backends) = self.backends {
+            desc.backends = backends;
+        }
+        wgpu::Instance::new(desc)
+    }
+
+    fn name_filter(&self) -> Option<String> {
+        self.adapter_name
+            .clone()
+            .or_else(|| std::env::var("WGPU_ADAPTER_NAME").ok())
+            .filter(|name| !name.is_empty())
+            .map(|name| name.to_lowercase())
+    }
+
+    /// Rank of an adapter under this preference; lower is better.
+    fn rank(&self, info: &wgpu::AdapterInfo) -> (u8, u8) {
+        use wgpu::DeviceType::*;
+        let device_rank = match (self.power_preference, info.device_type) {
+            (wgpu::PowerPreference::LowPower, IntegratedGpu) => 0,
+            (wgpu::PowerPreference::LowPower, DiscreteGpu) => 1,
+            (_, DiscreteGpu) => 0,
+            (_, IntegratedGpu) => 1,
+            (_, VirtualGpu) => 2,
+            (_, Other) => 3,
+            (_, Cpu) => 4,
+        };
+        // The GL backend lacks subgroups and timestamps: prefer native APIs for the same device.
+        let backend_rank = u8::from(info.backend == wgpu::Backend::Gl);
+        (device_rank, backend_rank)
+    }
+
+    /// Index of the adapter `GpuContext::with_options` would pick among `infos`.
+    fn pick(&self, infos: &[wgpu::AdapterInfo]) -> Option<usize> {
+        let filter = self.name_filter();
+        infos
+            .iter()
+            .enumerate()
+            .filter(|(_, info)| {
+                filter
+                    .as_ref()
+                    .is_none_or(|f| info.name.to_lowercase().contains(f))
+            })
+            .min_by_key(|(_, info)| self.rank(info))
+            .map(|(index, _)| index)
+    }
+}
+
+/// One adapter as seen by [`enumerate_adapters`], for `wgpu-rnn info`.
+#[derive(Clone, Debug)]
+pub struct AdapterSummary {
+    pub info: wgpu::AdapterInfo,
+    pub limits: wgpu::Limits,
+    pub features: wgpu::Features,
+    /// Whether [`GpuContext::with_options`] with the same options picks this adapter.
+    pub selected: bool,
+}
+
+impl fmt::Display for AdapterSummary {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let info = &self.info;
+        let limits = &self.limits;
+        let mark = if self.selected { "* " } else { "  " };
+        writeln!(
+            f,
+            "{mark}{} ({:?}, {:?}) driver: {} {}",
+            info.name, info.backend, info.device_type, info.driver, info.driver_info
+        )?;
+        writeln!(
+            f,
+            "    storage binding {} MiB, buffer {} MiB, {} storage buffers/stage",
+            limits.max_storage_buffer_binding_size >> 20,
+            limits.max_buffer_size >> 20,
+            limits.max_storage_buffers_per_shader_stage
+        )?;
+        writeln!(
+            f,
+            "    workgroup: {} KiB shared, {} invocations, {} groups/dim; subgroup {}..{}",
+            limits.max_compute_workgroup_storage_size >> 10,
+            limits.max_compute_invocations_per_workgroup,
+            limits.max_compute_workgroups_per_dimension,
+            info.subgroup_min_size,
+            info.subgroup_max_size
+        )?;
+        let names: Vec<&str> = REPORTED_FEATURES
+            .iter()
+            .filter(|(feature, _)| self.features.contains(*feature))
+            .map(|(_, name)| *name)
+            .collect();
+        write!(f, "    features: {}", names.join(" "))
+    }
+}
+
+/// Every adapter visible under `opts`; the one [`GpuContext::with_options`] would pick is marked.
+pub fn enumerate_adapters(opts: &GpuOptions) -> Vec<AdapterSummary> {
+    let instance = opts.instance();
+    let adapters = pollster::block_on(instance.enumerate_adapters(wgpu::Backends::all()));
+    let infos: Vec<wgpu::AdapterInfo> = adapters.iter().map(|a| a.get_info()).collect();
+    let picked = opts.pick(&infos);
+    adapters
+        .iter()
+        .zip(infos)
+        .enumerate()
+        .map(|(index, (adapter, info))| AdapterSummary {
+            info,
+            limits: adapter.limits(),
+            features: adapter.features(),
+            selected: picked == Some(index),
+        })
+        .collect()
+}
+
+/// A compute pipeline: shader source, entry point and `override` constants.
+///
+/// Sources are identified by their address and length, so pass the `&'static str` of an
+/// `include_str!` (one per shader file) rather than a string built at run time.
+#[derive(Clone, Debug)]
+pub struct PipelineKey {
+    /// Kernel family, used in labels and error messages (e.g. `"lstm"`).
+    pub label: &'static str,
+    /// WGSL source, normally `include_str!("../../shaders/x.wgsl")`.
+    pub source: &'static str,
+    /// Compute entry point.
+    pub entry: &'static str,
+    /// Values of the shader's `override` declarations.
+    pub constants: Vec<(&'static str, f64)>,
+}
+
+#[derive(Clone, PartialEq, Eq, Hash)]
+struct CacheKey {
+    source_addr: usize,
+    source_len: usize,
+    entry: &'static str,
+    constants: Vec<(&'static str, u64)>,
+}
+
+impl CacheKey {
+    fn new(key: &PipelineKey) -> Self {
+        CacheKey {
+            source_addr: key.source.as_ptr() as usize,
+            source_len: key.source.len(),
+            entry: key.entry,
+            constants: key
+                .constants
+                .iter()
+                .map(|&(name, value)| (name, value.to_bits()))
+                .collect(),
+        }
+    }
+}
+
+/// A wgpu device and queue with a pipeline cache and a record of device errors.
+///
+/// `Send + Sync`; share it as `Arc<GpuContext>`.
+pub struct GpuContext {
+    device: wgpu::Device,
+    queue: wgpu::Queue,
+    adapter_info: wgpu::AdapterInfo,
+    limits: wgpu::Limits,
+    /// Uncaptured device errors (validation, out of memory, device lost) since the last check.
+    errors: Arc<Mutex<Vec<String>>>,
+    /// Shader modules by source address and length.
+    modules: Mutex<HashMap<(usize, usize), wgpu::ShaderModule>>,
+    pipelines: Mutex<HashMap<CacheKey, Arc<wgpu::ComputePipeline>>>,
+}
+
+impl fmt::Debug for GpuContext {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("GpuContext")
+            .field("adapter", &self.adapter_info.name)
+            .field("backend", &self.adapter_info.backend)
+            .finish_non_exhaustive()
+    }
+}
+
+impl GpuContext {
+    /// Picks an adapter with [`GpuOptions::default`] (honours `WGPU_BACKEND`, `WGPU_ADAPTER_NAME`).
+    pub fn new() -> Result<Self> {
+        Self::with_options(&GpuOptions::default())
+    }
+
+    /// Picks an adapter as `opts` says and opens a device with the adapter's own limits and
+    /// those of SUBGROUP, SHADER_F16, TIMESTAMP_QUERY(_INSIDE_PASSES), IMMEDIATES it offers.
+    pub fn with_options(opts: &GpuOptions) -> Result<Self> {
+        let instance = opts.instance();
+        let adapters = pollster::block_on(instance.enumerate_adapters(wgpu::Backends::all()));
+        let infos: Vec<wgpu::AdapterInfo> = adapters.iter().map(|a| a.get_info()).collect();
+        let Some(index) = opts.pick(&infos) else {
+            let seen: Vec<String> = infos
+                .iter()
+                .map(|i| format!("{} ({:?})", i.name, i.backend))
+                .collect();
+            return Err(RnnError::NoAdapter(format!(
+                "name filter {:?}, backends {:?}; adapters seen: [{}]",
+                opts.name_filter(),
+                opts.backends,
+                seen.join(", ")
+            )));
+        };
+        let adapter = &adapters[index];
+        let desc = wgpu::DeviceDescriptor {
+            label: Some("wgpu-rnn"),
+            required_features: adapter.features() & WANTED_FEATURES,
+            required_limits: adapter.limits(),
+            ..Default::default()
+        };
+        let (device, queue) = pollster::block_on(adapter.request_device(&desc)).map_err(|e| {
+            RnnError::Device(format!("request_device on {}: {e}", infos[index].name))
+        })?;
+        Self::from_device(infos[index].clone(), device, queue)
+    }
+
+    /// Wraps a device the application already has; the library uses its features and limits as
+    /// they are. Installs an uncaptured-error handler on it (replacing any other).
+    pub fn from_device(
+        adapter_info: wgpu::AdapterInfo,
+        device: wgpu::Device,
+        queue: wgpu::Queue,
+    ) -> Result<Self> {
+        let errors = Arc::new(Mutex::new(Vec::new()));
+        let sink = Arc::clone(&errors);
+        device.on_uncaptured_error(Arc::new(move |error: wgpu::Error| {
+            lock(&sink).push(error.to_string());
+        }));
+        let sink = Arc::clone(&errors);
+        device.set_device_lost_callback(move |reason, message| {
+            if reason != wgpu::DeviceLostReason::Destroyed {
+                lock(&sink).push(format!("device lost ({reason:?}): {message}"));
+            }
+        });
+        let limits = device.limits();
+        Ok(GpuContext {
+            device,
+            queue,
+            adapter_info,
+            limits,
+            errors,
+            modules: Mutex::new(HashMap::new()),
+            pipelines: Mutex::new(HashMap::new()),
+        })
+    }
+
+    pub fn device(&self) -> &wgpu::Device {
+        &self.device
+    }
+
+    pub fn queue(&self) -> &wgpu::Queue {
+        &self.queue
+    }
+
+    pub fn adapter_info(&self) -> &wgpu::AdapterInfo {
+        &self.adapter_info
+    }
+
+    /// The device's limits (the adapter's own when created by [`GpuContext::with_options`]).
+    pub fn limits(&self) -> &wgpu::Limits {
+        &self.limits
+    }
+
+    /// Features enabled on the device.
+    pub fn features(&self) -> wgpu::Features {
+        self.device.features()
+    }
+
+    /// Whether the adapter is a CPU implementation (lavapipe, llvmpipe).
+    pub fn is_cpu(&self) -> bool {
+        self.adapter_info.device_type == wgpu::DeviceType::Cpu
+    }
+
+    /// The cached compute pipeline for `key`, compiled on first use.
+    ///
+    /// Uses wgpu's automatic layout: take bind group layouts from
+    /// `pipeline.get_bind_group_layout(group)`, and bind exactly the bindings the entry point
+    /// uses (unused ones are not in the layout). Shader or pipeline errors are returned as
+    /// [`RnnError::Device`] naming the kernel, and are not cached.
+    pub fn pipeline(&self, key: &PipelineKey) -> Result<Arc<wgpu::ComputePipeline>> {
+        let cache_key = CacheKey::new(key);
+        if let Some(pipeline) = lock(&self.pipelines).get(&cache_key) {
+            return Ok(Arc::clone(pipeline));
+        }
+        let scope = self.device.push_error_scope(wgpu::ErrorFilter::Validation);
+        let module = self.module(key);
+        let pipeline = self
+            .device
+            .create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
+                label: Some(key.label),
+                layout: None,
+                module: &module,
+                entry_point: Some(key.entry),
+                compilation_options: wgpu::PipelineCompilationOptions {
+                    constants: &key.constants,
+                    zero_initialize_workgroup_memory: true,
+                },
+                cache: None,
+            });
+        if let Some(error) = pollster::block_on(scope.pop()) {
+            lock(&self.modules).remove(&(cache_key.source_addr, cache_key.source_len));
+            return Err(RnnError::Device(format!(
+                "pipeline `{}` entry `{}` constants {:?}: {error}",
+                key.label, key.entry, key.constants
+            )));
+        }
+        let pipeline = Arc::new(pipeline);
+        lock(&self.pipelines).insert(cache_key, Arc::clone(&pipeline));
+        Ok(pipeline)
+    }
+
+    fn module(&self, key: &PipelineKey) -> wgpu::ShaderModule {
+        let mut modules = lock(&self.modules);
+        modules
+            .entry((key.source.as_ptr() as usize, key.source.len()))
+            .or_insert_with(|| {
+                self.device
+                    .create_shader_module(wgpu::ShaderModuleDescriptor {
+                        label: Some(key.label),
+                        source: wgpu::ShaderSource::Wgsl(key.source.into()),
+                    })
+            })
+            .clone()
+    }
+
+    /// Waits for all submitted work, then returns the device errors raised since the last call
+    /// (validation, out of memory, device lost) as one [`RnnError::Device`].
+    ///
+    /// Errors are recorded per context, not per thread: work from several threads on one context
+    /// reports its errors to whichever calls `sync` (or reads back) first.
+    pub fn sync(&self) -> Result<()> {
+        let polled = self.device.poll(wgpu::PollType::wait_indefinitely());
+        self.take_errors()?;
+        polled
+            .map(|_| ())
+            .map_err(|e| RnnError::Device(format!("waiting for the GPU: {e}")))
+    }
+
+    /// Returns the errors recorded since the last check without waiting for the GPU.
+    pub fn take_errors(&self) -> Result<()> {
+        let errors = std::mem::take(&mut *lock(&self.errors));
+        if errors.is_empty() {
+            Ok(())
+        } else {
+            Err(RnnError::Device(errors.join("\n")))
+        }
+    }
+
+    /// Splits `workgroups` (at least one) into an `(x, y)` grid within the per-dimension limit, for
+    /// kernels that flatten the index as `id.x + id.y * num_workgroups.x * workgroup_size`.
+    pub fn grid_1d(&self, workgroups: usize) -> Result<(u32, u32)> {
+        let max = self.limits.max_compute_workgroups_per_dimension as usize;
+        let x = workgroups.clamp(1, max);
+        let y = workgroups.div_ceil(x).max(1);
+        if y > max {
+            return Err(RnnError::TooLarge(format!(
+                "{workgroups} workgroups exceed {max}x{max}"
+            )));
+        }
+        Ok((x as u32, y as u32))
+    }
+}
+
+/// Locks a mutex, ignoring poisoning: every value guarded here stays valid if a holder panicked.
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn info(
+        name: &str,
+        device_type: wgpu::DeviceType,
+        backend: wgpu::Backend,
+    ) -> wgpu::AdapterInfo {
+        let mut info = wgpu::AdapterInfo::new(device_type, backend);
+        info.name = name.to_string();
+        info
+    }
+
+    #[test]
+    fn context_can_be_shared_between_threads() {
+        fn assert_send_sync<T: Send + Sync>() {}
+        assert_send_sync::<GpuContext>();
+    }
+
+    #[test]
+    fn pick_prefers_discrete_then_native_backend_and_honours_name_filter() {
+        let infos = [
+            info("llvmpipe", wgpu::DeviceType::Cpu, wgpu::Backend::Gl),
+            info("lavapipe", wgpu::DeviceType::Cpu, wgpu::Backend::Vulkan),
+            info(
+                "NVIDIA H100",
+                wgpu::DeviceType::DiscreteGpu,
+                wgpu::Backend::Vulkan,
+            ),
+        ];
+        let mut opts = GpuOptions {
+            adapter_name: Some("pipe".into()),
+            ..GpuOptions::default()
+        };
+        assert_eq!(opts.pick(&infos), Some(1));
+        opts.adapter_name = Some("NVIDIA".into());
+        assert_eq!(opts.pick(&infos), Some(2));
+        opts.adapter_name = Some("LLVM".into());
+        assert_eq!(opts.pick(&infos), Some(0));
+        opts.adapter_name = Some("radeon".into());
+        assert_eq!(opts.pick(&infos), None);
+    }
+}

@@ -1,0 +1,501 @@
+//! Kernel families (WGSL source, entry point, bindings, override constants), their pipelines,
+//! and [`Recorder`], which records a whole sequence of dispatches into one compute pass.
+//!
+//! Every kernel reads its parameters from binding 0, a uniform at a dynamic offset into one
+//! buffer that holds the parameters of every dispatch of the pass. That needs explicit bind
+//! group layouts (automatic layouts have no dynamic offsets), so the pipelines are built here
+//! rather than through [`GpuContext::pipeline`].
+
+use std::sync::Arc;
+
+use super::context::GpuContext;
+use crate::config::{CellKind, Nonlinearity};
+use crate::error::{Result, RnnError};
+
+/// How a kernel accesses one storage binding (bindings 1..).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Access {
+    Read,
+    ReadWrite,
+}
+
+use Access::{Read, ReadWrite};
+
+/// The fused time-step kernels of one cell: its file followed by the shared step code.
+fn cell_source(cell: CellKind) -> &'static str {
+    match cell {
+        CellKind::Rnn(_) => concat!(
+            include_str!("../../shaders/rnn.wgsl"),
+            include_str!("../../shaders/recurrent.wgsl")
+        ),
+        CellKind::Lstm => concat!(
+            include_str!("../../shaders/lstm.wgsl"),
+            include_str!("../../shaders/recurrent.wgsl")
+        ),
+        CellKind::Gru => concat!(
+            include_str!("../../shaders/gru.wgsl"),
+            include_str!("../../shaders/recurrent.wgsl")
+        ),
+    }
+}
+
+/// Override constants of a cell's step kernels.
+fn cell_constants(cell: CellKind) -> Vec<(&'static str, f64)> {
+    match cell {
+        CellKind::Rnn(nonlinearity) => {
+            let code = match nonlinearity {
+                Nonlinearity::Tanh => 0.0,
+                Nonlinearity::Relu => 1.0,
+                Nonlinearity::Identity => 2.0,
+            };
+            vec![("NONLINEARITY", code)]
+        }
+        CellKind::Lstm | CellKind::Gru => Vec::new(),
+    }
+}
+
+/// Hidden units per step workgroup (x) and batch rows per step workgroup (y); see recurrent.wgsl.
+pub(crate) const STEP_TILE: (usize, usize) = (64, 4);
+/// Output tile of gemm.wgsl (rows and columns).
+pub(crate) const GEMM_TILE: usize = 64;
+/// Columns per workgroup of reduce.wgsl.
+pub(crate) const REDUCE_TILE: usize = 64;
+
+/// A compute pipeline with its explicit bind group layout.
+#[derive(Debug)]
+pub(crate) struct Kernel {
+    label: &'static str,
+    pipeline: wgpu::ComputePipeline,
+    layout: wgpu::BindGroupLayout,
+    storage_bindings: usize,
+}
+
+impl Kernel {
+    fn new(
+        ctx: &GpuContext,
+        label: &'static str,
+        source: &'static str,
+        entry: &'static str,
+        constants: &[(&'static str, f64)],
+        storage: &[Access],
+    ) -> Result<Self> {
+        let device = ctx.device();
+        let mut entries = vec![wgpu::BindGroupLayoutEntry {
+            binding: 0,
+            visibility: wgpu::ShaderStages::COMPUTE,
+            ty: wgpu::BindingType::Buffer {
+                ty: wgpu::BufferBindingType::Uniform,
+                has_dynamic_offset: true,
+                min_binding_size: None,
+            },
+            count: None,
+        }];
+        for (i, access) in storage.iter().enumerate() {
+            entries.push(wgpu::BindGroupLayoutEntry {
+                binding: i as u32 + 1,
+                visibility: wgpu::ShaderStages::COMPUTE,
+                ty: wgpu::BindingType::Buffer {
+                    ty: wgpu::BufferBindingType::Storage {
+                        read_only: *access == Read,
+                    },
+                    has_dynamic_offset: false,
+                    min_binding_size: None,
+                },
+                count: None,
+            });
+        }
+        let scope = device.push_error_scope(wgpu::ErrorFilter::Validation);
+        let layout = device.create_bind_group_layout(&wgpu::BindGroupLayoutDescriptor {
+            label: Some(label),
+            entries: &entries,
+        });
+        let pipeline_layout = device.create_pipeline_layout(&wgpu::PipelineLayoutDescriptor {
+            label: Some(label),
+            bind_group_layouts: &[Some(&layout)],
+            immediate_size: 0,
+        });
+        let module = device.create_shader_module(wgpu::ShaderModuleDescriptor {
+            label: Some(label),
+            source: wgpu::ShaderSource::Wgsl(source.into()),
+        });
+        let pipeline = device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
+            label: Some(label),
+            layout: Some(&pipeline_layout),
+            module: &module,
+            entry_point: Some(entry),
+            compilation_options: wgpu::PipelineCompilationOptions {
+                constants,
+                zero_initialize_workgroup_memory: true,
+            },
+            cache: None,
+        });
+        if let Some(error) = pollster::block_on(scope.pop()) {
+            return Err(RnnError::Device(format!(
+                "kernel `{label}` entry `{entry}`: {error}"
+            )));
+        }
+        Ok(Kernel {
+            label,
+            pipeline,
+            layout,
+            storage_bindings: storage.len(),
+        })
+    }
+}
+
+/// Every kernel one model needs, compiled once.
+#[derive(Debug)]
+pub(crate) struct CellKernels {
+    /// recurrent.wgsl `forward_step`: one time step of one layer and direction.
+    pub forward_step: Kernel,
+    /// recurrent.wgsl `backward_step`: one reverse time step (or the final dh_0 step).
+    pub backward_step: Kernel,
+    /// gemm.wgsl: strided C = A·B (+ bias) (+ C).
+    pub gemm: Kernel,
+    /// reduce.wgsl: column sums.
+    pub column_sum: Kernel,
+}
+
+impl CellKernels {
+    pub fn new(ctx: &GpuContext, cell: CellKind) -> Result<Arc<Self>> {
+        let source = cell_source(cell);
+        let constants = cell_constants(cell);
+        Ok(Arc::new(CellKernels {
+            forward_step: Kernel::new(
+                ctx,
+                cell.name(),
+                source,
+                "forward_step",
+                &constants,
+                &[
+                    Read, Read, Read, Read, ReadWrite, ReadWrite, ReadWrite, ReadWrite,
+                ],
+            )?,
+            backward_step: Kernel::new(
+                ctx,
+                cell.name(),
+                source,
+                "backward_step",
+                &constants,
+                &[Read, Read, Read, Read, Read, Read, ReadWrite, ReadWrite],
+            )?,
+            gemm: Kernel::new(
+                ctx,
+                "gemm",
+                include_str!("../../shaders/gemm.wgsl"),
+                "gemm",
+                &[],
+                &[Read, Read, Read, ReadWrite],
+            )?,
+            column_sum: Kernel::new(
+                ctx,
+                "column_sum",
+                include_str!("../../shaders/reduce.wgsl"),
+                "column_sum",
+                &[],
+                &[Read, ReadWrite],
+            )?,
+        }))
+    }
+}
+
+/// Parameters of one gemm.wgsl dispatch (field order as `struct Gemm`).
+#[derive(Clone, Copy, Debug, Default)]
+pub(crate) struct GemmParams {
+    pub m: usize,
+    pub n: usize,
+    pub k: usize,
+    pub a_off: usize,
+    pub a_rs: usize,
+    pub a_cs: usize,
+    pub b_off: usize,
+    pub b_rs: usize,
+    pub b_cs: usize,
+    pub c_off: usize,
+    pub ldc: usize,
+    pub accumulate: bool,
+    pub use_bias: bool,
+}
+
+impl GemmParams {
+    fn words(&self) -> Vec<usize> {
+        vec![
+            self.m,
+            self.n,
+            self.k,
+            self.a_off,
+            self.a_rs,
+            self.a_cs,
+            self.b_off,
+            self.b_rs,
+            self.b_cs,
+            self.c_off,
+            self.ldc,
+            usize::from(self.accumulate),
+            usize::from(self.use_bias),
+        ]
+    }
+}
+
+/// Index of a bind group registered with [`Recorder::bind`].
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct BindingId(usize);
+
+struct PendingBinding<'k> {
+    kernel: &'k Kernel,
+    buffers: Vec<wgpu::Buffer>,
+}
+
+struct Dispatch<'k> {
+    kernel: &'k Kernel,
+    binding: BindingId,
+    param_offset: u32,
+    groups: (u32, u32),
+}
+
+struct BufferCopy {
+    source: wgpu::Buffer,
+    source_offset: u64,
+    destination: wgpu::Buffer,
+    destination_offset: u64,
+    size: u64,
+}
+
+/// Records copies, then one compute pass of dispatches, then copies, and submits them at once.
+///
+/// Offsets and sizes given to it are in f32 elements.
+pub(crate) struct Recorder<'k> {
+    ctx: &'k GpuContext,
+    params: Vec<u8>,
+    stride: usize,
+    bindings: Vec<PendingBinding<'k>>,
+    dispatches: Vec<Dispatch<'k>>,
+    before: Vec<BufferCopy>,
+    after: Vec<BufferCopy>,
+}
+
+const F32: u64 = 4;
+
+impl<'k> Recorder<'k> {
+    pub fn new(ctx: &'k GpuContext) -> Self {
+        let stride = (ctx.limits().min_uniform_buffer_offset_alignment as usize).max(64);
+        Recorder {
+            ctx,
+            params: Vec::new(),
+            stride,
+            bindings: Vec::new(),
+            dispatches: Vec::new(),
+            before: Vec::new(),
+            after: Vec::new(),
+        }
+    }
+
+    /// Registers the storage buffers of bindings 1.. of `kernel`, in order.
+    pub fn bind(&mut self, kernel: &'k Kernel, buffers: &[&wgpu::Buffer]) -> BindingId {
+        debug_assert_eq!(buffers.len(), kernel.storage_bindings, "{}", kernel.label);
+        self.bindings.push(PendingBinding {
+            kernel,
+            buffers: buffers.iter().map(|&b| b.clone()).collect(),
+        });
+        BindingId(self.bindings.len() - 1)
+    }
+
+    /// Queues a dispatch of `groups` workgroups with `params` (u32 words) as its uniform.
+    pub fn dispatch(
+        &mut self,
+        kernel: &'k Kernel,
+        binding: BindingId,
+        params: &[usize],
+        groups: (usize, usize),
+    ) -> Result<()> {
+        let max = self.ctx.limits().max_compute_workgroups_per_dimension as usize;
+        if groups.0 > max || groups.1 > max {
+            return Err(RnnError::TooLarge(format!(
+                "kernel `{}` needs {}x{} workgroups, the adapter allows {max} per dimension",
+                kernel.label, groups.0, groups.1
+            )));
+        }
+        let offset = self.params.len();
+        for &word in params {
+            let word = u32::try_from(word).map_err(|_| {
+                RnnError::TooLarge(format!(
+                    "kernel `{}`: parameter {word} exceeds 32 bits",
+                    kernel.label
+                ))
+            })?;
+            self.params.extend_from_slice(&word.to_le_bytes());
+        }
+        self.params.resize(offset + self.stride, 0);
+        self.dispatches.push(Dispatch {
+            kernel,
+            binding,
+            param_offset: offset as u32,
+            groups: (groups.0.max(1) as u32, groups.1.max(1) as u32),
+        });
+        Ok(())
+    }
+
+    /// Queues a gemm.wgsl dispatch: C = A·B (+ bias) (+ C).
+    pub fn gemm(
+        &mut self,
+        kernels: &'k CellKernels,
+        a: &wgpu::Buffer,
+        b: &wgpu::Buffer,
+        bias: Option<&wgpu::Buffer>,
+        c: &wgpu::Buffer,
+        params: GemmParams,
+    ) -> Result<()> {
+        let binding = self.bind(&kernels.gemm, &[a, b, bias.unwrap_or(b), c]);
+        let params = GemmParams {
+            use_bias: bias.is_some(),
+            ..params
+        };
+        let groups = (params.n.div_ceil(GEMM_TILE), params.m.div_ceil(GEMM_TILE));
+        self.dispatch(&kernels.gemm, binding, &params.words(), groups)
+    }
+
+    /// Queues column sums of the (rows, cols) block at `src_off` into `dst` at `dst_off`.
+    pub fn column_sum(
+        &mut self,
+        kernels: &'k CellKernels,
+        src: &wgpu::Buffer,
+        dst: &wgpu::Buffer,
+        (rows, cols): (usize, usize),
+        src_off: usize,
+        dst_off: usize,
+    ) -> Result<()> {
+        let binding = self.bind(&kernels.column_sum, &[src, dst]);
+        self.dispatch(
+            &kernels.column_sum,
+            binding,
+            &[rows, cols, src_off, dst_off],
+            (cols.div_ceil(REDUCE_TILE), 1),
+        )
+    }
+
+    /// Queues a copy of `len` elements to run before the compute pass.
+    pub fn copy_before(
+        &mut self,
+        src: &wgpu::Buffer,
+        src_off: usize,
+        dst: &wgpu::Buffer,
+        dst_off: usize,
+        len: usize,
+    ) {
+        self.before.push(copy(src, src_off, dst, dst_off, len));
+    }
+
+    /// Queues a copy of `len` elements to run after the compute pass.
+    pub fn copy_after(
+        &mut self,
+        src: &wgpu::Buffer,
+        src_off: usize,
+        dst: &wgpu::Buffer,
+        dst_off: usize,
+        len: usize,
+    ) {
+        self.after.push(copy(src, src_off, dst, dst_off, len));
+    }
+
+    /// Encodes everything into one command buffer and submits it.
+    pub fn submit(self) -> Result<()> {
+        let device = self.ctx.device();
+        let max = self.ctx.limits().max_buffer_size;
+        if self.params.len() as u64 > max {
+            return Err(RnnError::TooLarge(format!(
+                "{} dispatches need {} bytes of parameters, above max_buffer_size = {max}",
+                self.dispatches.len(),
+                self.params.len()
+            )));
+        }
+        let uniform = device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some("step parameters"),
+            size: self.params.len().max(self.stride) as u64,
+            usage: wgpu::BufferUsages::UNIFORM | wgpu::BufferUsages::COPY_DST,
+            mapped_at_creation: false,
+        });
+        if !self.params.is_empty() {
+            self.ctx.queue().write_buffer(&uniform, 0, &self.params);
+        }
+        let uniform_size = wgpu::BufferSize::new(self.stride as u64);
+        let bind_groups: Vec<wgpu::BindGroup> = self
+            .bindings
+            .iter()
+            .map(|pending| {
+                let mut entries = vec![wgpu::BindGroupEntry {
+                    binding: 0,
+                    resource: wgpu::BindingResource::Buffer(wgpu::BufferBinding {
+                        buffer: &uniform,
+                        offset: 0,
+                        size: uniform_size,
+                    }),
+                }];
+                for (i, buffer) in pending.buffers.iter().enumerate() {
+                    entries.push(wgpu::BindGroupEntry {
+                        binding: i as u32 + 1,
+                        resource: buffer.as_entire_binding(),
+                    });
+                }
+                device.create_bind_group(&wgpu::BindGroupDescriptor {
+                    label: Some(pending.kernel.label),
+                    layout: &pending.kernel.layout,
+                    entries: &entries,
+                })
+            })
+            .collect();
+        let mut encoder = device.create_command_encoder(&wgpu::CommandEncoderDescriptor {
+            label: Some("sequence"),
+        });
+        for c in &self.before {
+            encoder.copy_buffer_to_buffer(
+                &c.source,
+                c.source_offset,
+                &c.destination,
+                c.destination_offset,
+                c.size,
+            );
+        }
+        {
+            let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
+                label: Some("sequence"),
+                timestamp_writes: None,
+            });
+            let mut current: Option<&wgpu::ComputePipeline> = None;
+            for d in &self.dispatches {
+                if current != Some(&d.kernel.pipeline) {
+                    pass.set_pipeline(&d.kernel.pipeline);
+                    current = Some(&d.kernel.pipeline);
+                }
+                pass.set_bind_group(0, &bind_groups[d.binding.0], &[d.param_offset]);
+                pass.dispatch_workgroups(d.groups.0, d.groups.1, 1);
+            }
+        }
+        for c in &self.after {
+            encoder.copy_buffer_to_buffer(
+                &c.source,
+                c.source_offset,
+                &c.destination,
+                c.destination_offset,
+                c.size,
+            );
+        }
+        self.ctx.queue().submit([encoder.finish()]);
+        Ok(())
+    }
+}
+
+fn copy(
+    src: &wgpu::Buffer,
+    src_off: usize,
+    dst: &wgpu::Buffer,
+    dst_off: usize,
+    len: usize,
+) -> BufferCopy {
+    BufferCopy {
+        source: src.clone(),
+        source_offset: src_off as u64 * F32,
+        destination: dst.clone(),
+        destination_offset: dst_off as u64 * F32,
+        size: len as u64 * F32,
+    }
+}

@@ -1,0 +1,11 @@
+//! GPU execution through wgpu: device context, tensors and WGSL kernels.
+
+pub mod buffer;
+pub mod context;
+mod kernels;
+pub mod model;
+mod sequence;
+
+pub use buffer::GpuTensor;
+pub use context::{enumerate_adapters, AdapterSummary, GpuContext, GpuOptions, PipelineKey};
+pub use model::{GpuRnn, GpuStream, GpuTape};

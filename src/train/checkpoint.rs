@@ -1,0 +1,219 @@
+//! Checkpoints: model and optimizer state in one safetensors file.
+//!
+//! Tensors: the model's torch names ([`SeqModel::named`]) and the optimizer state as
+//! `optim.<buffer>.<name>` (`optim.exp_avg.weight_ih_l0`, `optim.exp_avg_sq.…`,
+//! `optim.momentum_buffer.…`). Metadata (JSON values): `step`, `model` (the
+//! [`SeqModelConfig`]) and `optimizer` (the [`OptimizerConfig`]). Loading restores both exactly,
+//! so training resumes as if it had not stopped.
+
+use super::layers::Readout;
+use super::model::{ModelInput, SeqModel, SeqModelConfig};
+use super::optim::{AdamConfig, Optimizer, OptimizerConfig, SgdConfig};
+use crate::config::CellKind;
+use crate::error::{Result, RnnError};
+use crate::scalar::Scalar;
+use crate::tensorfile;
+use ndarray::{ArrayD, IxDyn};
+use safetensors::SafeTensors;
+use serde_json::{json, Value};
+use std::collections::HashMap;
+use std::path::Path;
+
+/// Writes `model` and `optimizer` to `path` (in `F`'s dtype).
+pub fn save_checkpoint<F: Scalar>(
+    path: impl AsRef<Path>,
+    model: &SeqModel<F>,
+    optimizer: &Optimizer<F>,
+) -> Result<()> {
+    model.validate()?;
+    let mut tensors = model.named();
+    let names = model.tensor_names();
+    for (buffer, states) in optimizer.config.state_names().iter().zip(&optimizer.state) {
+        if states.len() != names.len() {
+            return Err(RnnError::Config(format!(
+                "optimizer holds {} `{buffer}` tensors, the model {}",
+                states.len(),
+                names.len()
+            )));
+        }
+        for ((name, state), (_, param)) in names.iter().zip(states).zip(model.named()) {
+            let array =
+                ArrayD::from_shape_vec(IxDyn(param.shape()), state.clone()).map_err(|_| {
+                    RnnError::shape(
+                        format!("optim.{buffer}.{name}"),
+                        param.shape(),
+                        &[state.len()],
+                    )
+                })?;
+            tensors.push((format!("optim.{buffer}.{name}"), array));
+        }
+    }
+    let metadata = HashMap::from([
+        ("step".to_string(), optimizer.step.to_string()),
+        (
+            "model".to_string(),
+            model_config_json(&model.config).to_string(),
+        ),
+        (
+            "optimizer".to_string(),
+            optimizer_json(&optimizer.config).to_string(),
+        ),
+    ]);
+    tensorfile::write_arrays(path.as_ref(), &tensors, Some(metadata))
+}
+
+/// Reads a checkpoint written by [`save_checkpoint`].
+pub fn load_checkpoint<F: Scalar>(path: impl AsRef<Path>) -> Result<(SeqModel<F>, Optimizer<F>)> {
+    let bytes = tensorfile::read_bytes(path.as_ref())?;
+    let (_, header) = SafeTensors::read_metadata(&bytes)?;
+    let metadata = header
+        .metadata()
+        .clone()
+        .ok_or_else(|| RnnError::Metadata("checkpoint has no metadata".into()))?;
+    let field = |key: &str| -> Result<Value> {
+        let text = metadata
+            .get(key)
+            .ok_or_else(|| RnnError::Metadata(format!("checkpoint metadata lacks `{key}`")))?;
+        serde_json::from_str(text).map_err(|e| RnnError::Metadata(format!("`{key}`: {e}")))
+    };
+    let step = field("step")?
+        .as_u64()
+        .ok_or_else(|| RnnError::Metadata("`step` is not an unsigned integer".into()))?;
+    let config = parse_model_config(&field("model")?)?;
+    let optimizer_config = parse_optimizer(&field("optimizer")?)?;
+    let file = SafeTensors::deserialize(&bytes)?;
+    let mut all: HashMap<String, ArrayD<F>> = tensorfile::all_arrays(&file)?;
+    let mut optim_tensors = HashMap::new();
+    all.retain(|name, a| match name.strip_prefix("optim.") {
+        Some(rest) => {
+            optim_tensors.insert(rest.to_string(), a.clone());
+            false
+        }
+        None => true,
+    });
+    let model = SeqModel::from_named(&config, &all)?;
+    let names = model.tensor_names();
+    let lens: Vec<usize> = model.tensors().iter().map(|t| t.len()).collect();
+    let mut optimizer = Optimizer::new(optimizer_config, &lens)?;
+    optimizer.step = step;
+    for (buffer, states) in optimizer_config
+        .state_names()
+        .iter()
+        .zip(&mut optimizer.state)
+    {
+        for (name, state) in names.iter().zip(states.iter_mut()) {
+            let key = format!("{buffer}.{name}");
+            let a = optim_tensors
+                .remove(&key)
+                .ok_or_else(|| RnnError::MissingTensor(format!("optim.{key}")))?;
+            if a.len() != state.len() {
+                return Err(RnnError::shape(
+                    format!("optim.{key}"),
+                    &[state.len()],
+                    a.shape(),
+                ));
+            }
+            state.iter_mut().zip(a.iter()).for_each(|(s, v)| *s = *v);
+        }
+    }
+    if let Some(extra) = optim_tensors.keys().min() {
+        return Err(RnnError::UnexpectedTensor(format!("optim.{extra}")));
+    }
+    Ok((model, optimizer))
+}
+
+fn model_config_json(c: &SeqModelConfig) -> Value {
+    let input = match c.input {
+        ModelInput::Features(n) => json!({"features": n}),
+        ModelInput::Tokens { vocab, dim } => json!({"vocab": vocab, "dim": dim}),
+    };
+    let cell = match c.cell {
+        CellKind::Rnn(nl) => format!("rnn_{}", nl.name()),
+        other => other.name().to_string(),
+    };
+    json!({
+        "cell": cell,
+        "input": input,
+        "hidden": c.hidden,
+        "layers": c.layers,
+        "outputs": c.outputs,
+        "dropout": c.dropout,
+        "readout": match c.readout { Readout::EveryStep => "every_step", Readout::LastStep => "last_step" },
+    })
+}
+
+fn parse_model_config(v: &Value) -> Result<SeqModelConfig> {
+    let usize_of = |v: &Value, key: &str| -> Result<usize> {
+        v.get(key)
+            .and_then(Value::as_u64)
+            .map(|n| n as usize)
+            .ok_or_else(|| RnnError::Metadata(format!("model config lacks integer `{key}`")))
+    };
+    let cell = CellKind::parse(
+        v.get("cell")
+            .and_then(Value::as_str)
+            .ok_or_else(|| RnnError::Metadata("model config lacks `cell`".into()))?,
+    )?;
+    let input_value = v
+        .get("input")
+        .ok_or_else(|| RnnError::Metadata("model config lacks `input`".into()))?;
+    let input = if input_value.get("features").is_some() {
+        ModelInput::Features(usize_of(input_value, "features")?)
+    } else {
+        ModelInput::Tokens {
+            vocab: usize_of(input_value, "vocab")?,
+            dim: usize_of(input_value, "dim")?,
+        }
+    };
+    let readout = match v.get("readout").and_then(Value::as_str) {
+        Some("every_step") => Readout::EveryStep,
+        Some("last_step") => Readout::LastStep,
+        other => return Err(RnnError::Metadata(format!("unknown readout {other:?}"))),
+    };
+    let dropout = v
+        .get("dropout")
+        .and_then(Value::as_f64)
+        .ok_or_else(|| RnnError::Metadata("model config lacks `dropout`".into()))?;
+    Ok(SeqModelConfig {
+        cell,
+        input,
+        hidden: usize_of(v, "hidden")?,
+        layers: usize_of(v, "layers")?,
+        outputs: usize_of(v, "outputs")?,
+        dropout: dropout as f32,
+        readout,
+    })
+}
+
+fn optimizer_json(c: &OptimizerConfig) -> Value {
+    match c {
+        OptimizerConfig::Sgd(s) => json!({"kind": "sgd", "lr": s.lr, "momentum": s.momentum,
+            "dampening": s.dampening, "weight_decay": s.weight_decay}),
+        OptimizerConfig::Adam(a) => json!({"kind": "adam", "lr": a.lr, "beta1": a.beta1,
+            "beta2": a.beta2, "eps": a.eps, "weight_decay": a.weight_decay}),
+    }
+}
+
+fn parse_optimizer(v: &Value) -> Result<OptimizerConfig> {
+    let f = |key: &str| -> Result<f64> {
+        v.get(key)
+            .and_then(Value::as_f64)
+            .ok_or_else(|| RnnError::Metadata(format!("optimizer config lacks `{key}`")))
+    };
+    match v.get("kind").and_then(Value::as_str) {
+        Some("sgd") => Ok(OptimizerConfig::Sgd(SgdConfig {
+            lr: f("lr")?,
+            momentum: f("momentum")?,
+            dampening: f("dampening")?,
+            weight_decay: f("weight_decay")?,
+        })),
+        Some("adam") => Ok(OptimizerConfig::Adam(AdamConfig {
+            lr: f("lr")?,
+            beta1: f("beta1")?,
+            beta2: f("beta2")?,
+            eps: f("eps")?,
+            weight_decay: f("weight_decay")?,
+        })),
+        other => Err(RnnError::Metadata(format!("unknown optimizer {other:?}"))),
+    }
+}

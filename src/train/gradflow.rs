@@ -1,0 +1,176 @@
+//! Gradient flow through time: ‖∂L/∂h_t‖ against t for an Elman RNN, an LSTM and a GRU on the
+//! same adding-problem batch, at initialisation (the loss reads only the last step).
+//!
+//! ∂L/∂h_t is the total derivative through all later steps. It is measured exactly as the
+//! gradient of the initial state of a run over x_{t+1..T} that starts from (h_t, c_t): the loss
+//! depends on h_t only through those later steps.
+
+use super::layers::{Linear, Readout};
+use super::loss::mse;
+use super::report::{plot_lines, write_json};
+use super::tasks::adding_batch;
+use crate::batch::{SequenceBatch, UpstreamGrads};
+use crate::config::{CellKind, Nonlinearity, RnnConfig};
+use crate::cpu;
+use crate::error::{Result, RnnError};
+use crate::params::RnnParams;
+use ndarray::{s, Array2, Array3, Axis};
+use serde_json::json;
+use std::path::Path;
+
+/// Settings of [`gradflow`].
+#[derive(Clone, Debug, PartialEq)]
+pub struct GradFlowOptions {
+    pub seq_len: usize,
+    pub hidden: usize,
+    pub batch: usize,
+    pub seed: u64,
+}
+
+impl Default for GradFlowOptions {
+    /// T = 100, H = 32, B = 16.
+    fn default() -> Self {
+        GradFlowOptions {
+            seq_len: 100,
+            hidden: 32,
+            batch: 16,
+            seed: 0,
+        }
+    }
+}
+
+/// One cell's gradient norms.
+#[derive(Clone, Debug, PartialEq)]
+pub struct GradFlowCurve {
+    pub cell: String,
+    /// ‖∂L/∂h_t‖ (Frobenius over batch and hidden units) for t = 0..T.
+    pub norms: Vec<f64>,
+    /// norms[0] / norms[T−1]: how much of the last step's gradient reaches the first step.
+    pub first_last_ratio: f64,
+}
+
+/// The outcome of [`gradflow`].
+#[derive(Clone, Debug, PartialEq)]
+pub struct GradFlowReport {
+    pub seq_len: usize,
+    pub hidden: usize,
+    pub batch: usize,
+    pub curves: Vec<GradFlowCurve>,
+}
+
+impl GradFlowReport {
+    /// `{"seq_len","hidden","batch","curves":[{"cell","norms","first_last_ratio"}]}`.
+    pub fn to_json(&self) -> serde_json::Value {
+        let curves: Vec<serde_json::Value> = self
+            .curves
+            .iter()
+            .map(|c| json!({"cell": c.cell, "norms": c.norms, "first_last_ratio": c.first_last_ratio}))
+            .collect();
+        json!({"seq_len": self.seq_len, "hidden": self.hidden, "batch": self.batch, "curves": curves})
+    }
+
+    /// Writes [`GradFlowReport::to_json`] to `path`.
+    pub fn write_json(&self, path: impl AsRef<Path>) -> Result<()> {
+        write_json(path.as_ref(), &self.to_json())
+    }
+
+    /// PNG of log10 ‖∂L/∂h_t‖ against t, one line per cell.
+    pub fn plot(&self, path: impl AsRef<Path>) -> Result<()> {
+        let series: Vec<(String, Vec<(f64, f64)>)> = self
+            .curves
+            .iter()
+            .map(|c| {
+                let points = c
+                    .norms
+                    .iter()
+                    .enumerate()
+                    .map(|(t, &n)| (t as f64, n))
+                    .collect();
+                (c.cell.clone(), points)
+            })
+            .collect();
+        plot_lines(
+            path.as_ref(),
+            &format!(
+                "gradient flow, adding problem T={} H={}",
+                self.seq_len, self.hidden
+            ),
+            "t",
+            "log10 ||dL/dh_t||",
+            &series,
+            true,
+        )
+    }
+}
+
+/// ‖∂L/∂h_t‖ against t for rnn_tanh, lstm and gru (f64, CPU), same data, seeded init.
+pub fn gradflow(opts: &GradFlowOptions) -> Result<GradFlowReport> {
+    if opts.seq_len < 2 || opts.hidden == 0 || opts.batch == 0 {
+        return Err(RnnError::Config(format!(
+            "gradflow needs seq_len ≥ 2, hidden ≥ 1 and batch ≥ 1, got {}, {}, {}",
+            opts.seq_len, opts.hidden, opts.batch
+        )));
+    }
+    let (x, y) = adding_batch::<f64>(opts.seq_len, opts.batch, opts.seed, 0)?;
+    let cells = [
+        CellKind::Rnn(Nonlinearity::Tanh),
+        CellKind::Lstm,
+        CellKind::Gru,
+    ];
+    let curves = cells
+        .iter()
+        .map(|&cell| {
+            let params = RnnParams::<f64>::init(&RnnConfig::new(cell, 2, opts.hidden), opts.seed)?;
+            let linear = Linear::<f64>::init(opts.hidden, 1, opts.seed ^ 0x11AE);
+            let norms = hidden_grad_norms(&params, &linear, &x, &y)?;
+            let first_last_ratio = norms[0] / norms[opts.seq_len - 1];
+            Ok(GradFlowCurve {
+                cell: super::trainer::cell_name(cell),
+                norms,
+                first_last_ratio,
+            })
+        })
+        .collect::<Result<_>>()?;
+    Ok(GradFlowReport {
+        seq_len: opts.seq_len,
+        hidden: opts.hidden,
+        batch: opts.batch,
+        curves,
+    })
+}
+
+/// ‖∂L/∂h_t‖ for t = 0..T, L = MSE(linear(h_{T−1}), y).
+fn hidden_grad_norms(
+    params: &RnnParams<f64>,
+    linear: &Linear<f64>,
+    x: &Array3<f64>,
+    y: &Array2<f64>,
+) -> Result<Vec<f64>> {
+    let t_len = x.len_of(Axis(0));
+    let mut norms = Vec::with_capacity(t_len);
+    for t in 0..t_len {
+        let prefix = x.slice(s![..=t, .., ..]);
+        let state = cpu::forward(params, &SequenceBatch::new(prefix))?;
+        let grad_h = if t + 1 == t_len {
+            let h_last = state.h_n.index_axis(Axis(0), 0).to_owned();
+            let loss = mse(linear.forward(h_last.view())?.view(), y.view())?;
+            linear.backward(h_last.view(), loss.grad.view())?.input
+        } else {
+            let suffix = x.slice(s![t + 1.., .., ..]);
+            let mut batch = SequenceBatch::new(suffix).h0(state.h_n.view());
+            if let Some(c) = &state.c_n {
+                batch = batch.c0(c.view());
+            }
+            let (out, tape) = cpu::forward_train(params, &batch)?;
+            let rows = Readout::LastStep.select(out.output.view())?;
+            let loss = mse(linear.forward(rows.view())?.view(), y.view())?;
+            let grad_rows = linear.backward(rows.view(), loss.grad.view())?.input;
+            let (steps, b) = tape.dims();
+            let upstream = Readout::LastStep.scatter(grad_rows, steps, b)?;
+            let grads = cpu::backward(params, &tape, &UpstreamGrads::new(upstream.view()))?;
+            grads.h0.index_axis(Axis(0), 0).to_owned()
+        };
+        norms.push(grad_h.iter().map(|v| v * v).sum::<f64>().sqrt());
+    }
+    Ok(norms)
+}

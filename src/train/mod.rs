@@ -1,0 +1,35 @@
+//! Training around the RNN: embedding and output layers, losses, dropout, gradient clipping,
+//! optimizers, checkpoints, the demonstration tasks (adding problem, character LM) and the
+//! gradient-flow study. CPU reference generic over f32/f64; the fused WGSL kernels for the
+//! loss, dropout, clipping and optimizer updates are in [`gpu`] (`shaders/train.wgsl`).
+
+pub mod checkpoint;
+pub mod clip;
+pub mod dropout;
+pub mod gpu;
+pub mod gradflow;
+pub mod layers;
+pub mod loss;
+pub mod model;
+pub mod optim;
+pub mod report;
+pub mod tasks;
+pub mod trainer;
+
+pub use checkpoint::{load_checkpoint, save_checkpoint};
+pub use clip::{clip_grad_norm, clip_grad_value, global_norm};
+pub use dropout::{dropout_hash, Dropout};
+pub use gradflow::{gradflow, GradFlowCurve, GradFlowOptions, GradFlowReport};
+pub use layers::{Embedding, Linear, Readout};
+pub use loss::{cross_entropy, mse};
+pub use model::{
+    CpuRunner, DropoutKey, GpuRunner, Inputs, ModelInput, RnnRunner, SeqModel, SeqModelConfig,
+    Targets,
+};
+pub use optim::{AdamConfig, Optimizer, OptimizerConfig, SgdConfig};
+pub use report::{LossPoint, TrainReport};
+pub use tasks::{adding_batch, CharCorpus, Split};
+pub use trainer::{
+    train_adding, train_charlm, train_step, train_step_on, AddingOptions, Backend, CharLmOptions,
+    Clip, StepStats,
+};

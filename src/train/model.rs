@@ -1,0 +1,602 @@
+//! A trainable sequence model: optional embedding → stack of RNN layers → linear output layer,
+//! with dropout between layers and before the output layer (never on recurrent connections).
+//!
+//! The RNN stack is held as one single-layer [`RnnParams`] per layer so that the trainer can
+//! apply a dropout mask to each layer's output sequence between the layer calls; the CPU
+//! reference's own multi-layer path ignores `RnnConfig::dropout`. [`SeqModel::rnn_params`]
+//! merges the stack into one multi-layer network in torch's layout, and checkpoints use
+//! torch's names (`weight_ih_l{k}`, `linear.weight`, `embedding.weight`).
+
+use super::dropout::Dropout;
+use super::layers::{Embedding, Linear, Readout};
+use super::loss::{cross_entropy, mse, LossGrad};
+use crate::batch::{SequenceBatch, UpstreamGrads};
+use crate::config::{CellKind, RnnConfig};
+use crate::cpu;
+use crate::error::{check_shape, Result, RnnError};
+use crate::gpu::model::{GpuRnn, GpuTape};
+use crate::gpu::GpuContext;
+use crate::params::RnnParams;
+use crate::scalar::Scalar;
+use ndarray::{Array2, Array3, ArrayD, ArrayView2, ArrayView3};
+use std::collections::HashMap;
+use std::sync::Arc;
+
+/// What the model reads at each step.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ModelInput {
+    /// A feature vector of this size.
+    Features(usize),
+    /// A token id from `vocab` symbols, embedded into `dim` features.
+    Tokens { vocab: usize, dim: usize },
+}
+
+/// Shape of a [`SeqModel`].
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct SeqModelConfig {
+    pub cell: CellKind,
+    pub input: ModelInput,
+    pub hidden: usize,
+    pub layers: usize,
+    /// O: classes (cross-entropy) or target size (MSE).
+    pub outputs: usize,
+    /// Dropout probability on every layer's output sequence (training only).
+    pub dropout: f32,
+    pub readout: Readout,
+}
+
+impl SeqModelConfig {
+    /// The single-layer RNN config of `layer`.
+    pub fn layer_config(&self, layer: usize) -> RnnConfig {
+        let input = match (layer, self.input) {
+            (0, ModelInput::Features(n)) => n,
+            (0, ModelInput::Tokens { dim, .. }) => dim,
+            _ => self.hidden,
+        };
+        RnnConfig::new(self.cell, input, self.hidden)
+    }
+
+    /// The equivalent multi-layer torch config.
+    pub fn rnn_config(&self) -> RnnConfig {
+        let mut config = self.layer_config(0).layers(self.layers);
+        config.dropout = self.dropout;
+        config
+    }
+
+    fn validate(&self) -> Result<()> {
+        for (what, v) in [
+            ("hidden", self.hidden),
+            ("layers", self.layers),
+            ("outputs", self.outputs),
+        ] {
+            if v == 0 {
+                return Err(RnnError::Config(format!("{what} must be at least 1")));
+            }
+        }
+        if let ModelInput::Tokens { vocab: 0, .. } = self.input {
+            return Err(RnnError::Config(
+                "vocabulary must hold at least one symbol".into(),
+            ));
+        }
+        self.rnn_config().validate()
+    }
+}
+
+/// The inputs of one batch.
+#[derive(Clone, Debug)]
+pub enum Inputs<'a, F> {
+    /// (T, B, I)
+    Features(ArrayView3<'a, F>),
+    /// (T, B) token ids
+    Tokens(ArrayView2<'a, usize>),
+}
+
+impl<F> Inputs<'_, F> {
+    /// (T, B).
+    pub fn dims(&self) -> (usize, usize) {
+        match self {
+            Inputs::Features(x) => (x.dim().0, x.dim().1),
+            Inputs::Tokens(x) => x.dim(),
+        }
+    }
+}
+
+/// The targets of one batch, one per output row (see [`Readout`]).
+#[derive(Clone, Debug)]
+pub enum Targets<'a, F> {
+    /// (N) classes for softmax cross-entropy
+    Classes(&'a [usize]),
+    /// (N, O) values for mean squared error
+    Values(ArrayView2<'a, F>),
+}
+
+/// Which dropout masks a training step uses: streams `step·L + layer` under `seed`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DropoutKey {
+    pub seed: u32,
+    pub step: u32,
+}
+
+/// Embedding (optional), one single-layer RNN per layer, and the output layer.
+/// Gradients use the same struct (d loss / d each tensor).
+#[derive(Clone, Debug, PartialEq)]
+pub struct SeqModel<F> {
+    pub config: SeqModelConfig,
+    pub embedding: Option<Embedding<F>>,
+    /// `rnn[k]`: layer k, a single-layer network
+    pub rnn: Vec<RnnParams<F>>,
+    pub linear: Linear<F>,
+}
+
+/// Runs single-layer RNNs forward and backward for a [`SeqModel`]: the CPU reference
+/// ([`CpuRunner`]) or the GPU ([`GpuRunner`], f32).
+pub trait RnnRunner<F: Scalar> {
+    /// What backward needs from a training forward.
+    type Tape;
+    /// Output sequence (T, B, H) of layer `layer` (whose weights are `params`) on `x` (T, B, I).
+    fn forward_train(
+        &mut self,
+        layer: usize,
+        params: &RnnParams<F>,
+        x: ArrayView3<'_, F>,
+    ) -> Result<(Array3<F>, Self::Tape)>;
+    /// d loss / d (layer parameters, layer input) from d loss / d output (T, B, H).
+    fn backward(
+        &mut self,
+        layer: usize,
+        params: &RnnParams<F>,
+        tape: &Self::Tape,
+        grad_output: ArrayView3<'_, F>,
+    ) -> Result<(RnnParams<F>, Array3<F>)>;
+    /// Called after the model's parameters changed (an optimizer step).
+    fn sync(&mut self, model: &SeqModel<F>) -> Result<()>;
+}
+
+/// The CPU reference ([`crate::cpu`]).
+#[derive(Clone, Copy, Debug, Default)]
+pub struct CpuRunner;
+
+impl<F: Scalar> RnnRunner<F> for CpuRunner {
+    type Tape = cpu::Tape<F>;
+
+    fn forward_train(
+        &mut self,
+        _layer: usize,
+        params: &RnnParams<F>,
+        x: ArrayView3<'_, F>,
+    ) -> Result<(Array3<F>, Self::Tape)> {
+        let (out, tape) = cpu::forward_train(params, &SequenceBatch::new(x))?;
+        Ok((out.output, tape))
+    }
+
+    fn backward(
+        &mut self,
+        _layer: usize,
+        params: &RnnParams<F>,
+        tape: &Self::Tape,
+        grad_output: ArrayView3<'_, F>,
+    ) -> Result<(RnnParams<F>, Array3<F>)> {
+        let g = cpu::backward(params, tape, &UpstreamGrads::new(grad_output))?;
+        Ok((g.params, g.input))
+    }
+
+    fn sync(&mut self, _model: &SeqModel<F>) -> Result<()> {
+        Ok(())
+    }
+}
+
+/// The GPU RNN ([`GpuRnn`]), one per layer, weights re-uploaded by [`RnnRunner::sync`].
+#[derive(Debug)]
+pub struct GpuRunner {
+    layers: Vec<GpuRnn>,
+}
+
+impl GpuRunner {
+    /// Uploads every layer of `model`.
+    pub fn new(ctx: Arc<GpuContext>, model: &SeqModel<f32>) -> Result<Self> {
+        let layers = model
+            .rnn
+            .iter()
+            .map(|p| GpuRnn::new(Arc::clone(&ctx), p))
+            .collect::<Result<_>>()?;
+        Ok(GpuRunner { layers })
+    }
+
+    fn layer(&self, layer: usize) -> Result<&GpuRnn> {
+        self.layers.get(layer).ok_or_else(|| {
+            RnnError::Config(format!(
+                "GPU runner holds {} layers, layer {layer} was asked for",
+                self.layers.len()
+            ))
+        })
+    }
+}
+
+impl RnnRunner<f32> for GpuRunner {
+    type Tape = GpuTape;
+
+    fn forward_train(
+        &mut self,
+        layer: usize,
+        _params: &RnnParams<f32>,
+        x: ArrayView3<'_, f32>,
+    ) -> Result<(Array3<f32>, GpuTape)> {
+        let (out, tape) = self.layer(layer)?.forward_train(&SequenceBatch::new(x))?;
+        Ok((out.output, tape))
+    }
+
+    fn backward(
+        &mut self,
+        layer: usize,
+        _params: &RnnParams<f32>,
+        tape: &GpuTape,
+        grad_output: ArrayView3<'_, f32>,
+    ) -> Result<(RnnParams<f32>, Array3<f32>)> {
+        let g = self
+            .layer(layer)?
+            .backward(tape, &UpstreamGrads::new(grad_output))?;
+        Ok((g.params, g.input))
+    }
+
+    fn sync(&mut self, model: &SeqModel<f32>) -> Result<()> {
+        if model.rnn.len() != self.layers.len() {
+            return Err(RnnError::Config(format!(
+                "model holds {} layers, the GPU runner {}",
+                model.rnn.len(),
+                self.layers.len()
+            )));
+        }
+        for (gpu, params) in self.layers.iter_mut().zip(&model.rnn) {
+            gpu.update_params(params)?;
+        }
+        Ok(())
+    }
+}
+
+/// What one forward pass keeps for the backward pass.
+struct ForwardRecord<T, F> {
+    tapes: Vec<T>,
+    /// The output layer's input rows (N, H)
+    rows: Array2<F>,
+    /// (N, O)
+    outputs: Array2<F>,
+}
+
+impl<F: Scalar> SeqModel<F> {
+    /// torch-style init, reproducible from `seed`.
+    pub fn init(config: &SeqModelConfig, seed: u64) -> Result<Self> {
+        config.validate()?;
+        let embedding = match config.input {
+            ModelInput::Tokens { vocab, dim } => Some(Embedding::init(vocab, dim, seed ^ 0xE3B0)),
+            ModelInput::Features(_) => None,
+        };
+        let rnn = (0..config.layers)
+            .map(|k| RnnParams::init(&config.layer_config(k), seed.wrapping_add(1 + k as u64)))
+            .collect::<Result<_>>()?;
+        let linear = Linear::init(config.hidden, config.outputs, seed ^ 0x11AE);
+        Ok(SeqModel {
+            config: *config,
+            embedding,
+            rnn,
+            linear,
+        })
+    }
+
+    /// The same model with every tensor zero (a gradient accumulator).
+    pub fn zeros_like(&self) -> Self {
+        let mut zeros = self.clone();
+        for t in zeros.tensors_mut() {
+            t.iter_mut().for_each(|v| *v = F::zero());
+        }
+        zeros
+    }
+
+    /// All layers as one multi-layer network in torch's layout and names.
+    pub fn rnn_params(&self) -> RnnParams<F> {
+        RnnParams {
+            config: self.config.rnn_config(),
+            layers: self
+                .rnn
+                .iter()
+                .flat_map(|p| p.layers.iter().cloned())
+                .collect(),
+        }
+    }
+
+    /// Every tensor with its torch name: `embedding.weight`, `weight_ih_l{k}`, `weight_hh_l{k}`,
+    /// `bias_ih_l{k}`, `bias_hh_l{k}`, `linear.weight`, `linear.bias`.
+    pub fn named(&self) -> Vec<(String, ArrayD<F>)> {
+        let mut out = Vec::new();
+        if let Some(e) = &self.embedding {
+            out.push(("embedding.weight".to_string(), e.weight.clone().into_dyn()));
+        }
+        out.extend(self.rnn_params().named());
+        out.push((
+            "linear.weight".to_string(),
+            self.linear.weight.clone().into_dyn(),
+        ));
+        out.push((
+            "linear.bias".to_string(),
+            self.linear.bias.clone().into_dyn(),
+        ));
+        out
+    }
+
+    /// The names of [`SeqModel::tensors`], in the same order.
+    pub fn tensor_names(&self) -> Vec<String> {
+        self.named().into_iter().map(|(name, _)| name).collect()
+    }
+
+    /// Every tensor as a flat slice, in [`SeqModel::named`] order.
+    pub fn tensors(&self) -> Vec<&[F]> {
+        let mut out: Vec<&[F]> = Vec::new();
+        if let Some(e) = &self.embedding {
+            out.push(flat(&e.weight));
+        }
+        for p in &self.rnn {
+            for l in &p.layers {
+                out.push(flat(&l.w_ih));
+                out.push(flat(&l.w_hh));
+                out.extend(l.b_ih.iter().map(flat));
+                out.extend(l.b_hh.iter().map(flat));
+            }
+        }
+        out.push(flat(&self.linear.weight));
+        out.push(flat(&self.linear.bias));
+        out
+    }
+
+    /// Every tensor as a flat mutable slice, in [`SeqModel::named`] order.
+    pub fn tensors_mut(&mut self) -> Vec<&mut [F]> {
+        let mut out: Vec<&mut [F]> = Vec::new();
+        if let Some(e) = &mut self.embedding {
+            out.push(flat_mut(&mut e.weight));
+        }
+        for p in &mut self.rnn {
+            for l in &mut p.layers {
+                out.push(flat_mut(&mut l.w_ih));
+                out.push(flat_mut(&mut l.w_hh));
+                out.extend(l.b_ih.iter_mut().map(flat_mut));
+                out.extend(l.b_hh.iter_mut().map(flat_mut));
+            }
+        }
+        out.push(flat_mut(&mut self.linear.weight));
+        out.push(flat_mut(&mut self.linear.bias));
+        out
+    }
+
+    /// Builds a model of `config` from named tensors (see [`SeqModel::named`]); a missing,
+    /// extra or misshaped tensor is an error naming it.
+    pub fn from_named(
+        config: &SeqModelConfig,
+        tensors: &HashMap<String, ArrayD<F>>,
+    ) -> Result<Self> {
+        let mut model = Self::init(config, 0)?;
+        let names = model.tensor_names();
+        if let Some(extra) = tensors.keys().filter(|k| !names.contains(k)).min() {
+            return Err(RnnError::UnexpectedTensor(extra.clone()));
+        }
+        let shapes: Vec<Vec<usize>> = model
+            .named()
+            .iter()
+            .map(|(_, a)| a.shape().to_vec())
+            .collect();
+        for ((name, shape), target) in names.iter().zip(&shapes).zip(model.tensors_mut()) {
+            let source = tensors
+                .get(name)
+                .ok_or_else(|| RnnError::MissingTensor(name.clone()))?;
+            check_shape(name, shape, source.shape())?;
+            for (t, s) in target.iter_mut().zip(source.iter()) {
+                *t = *s;
+            }
+        }
+        Ok(model)
+    }
+
+    /// Checks every tensor's shape against the config and that it is in standard layout.
+    pub fn validate(&self) -> Result<()> {
+        self.config.validate()?;
+        if self.rnn.len() != self.config.layers {
+            return Err(RnnError::Config(format!(
+                "model holds {} RNN layers, its config {}",
+                self.rnn.len(),
+                self.config.layers
+            )));
+        }
+        for (k, layer) in self.rnn.iter().enumerate() {
+            if layer.config != self.config.layer_config(k) {
+                return Err(RnnError::Config(format!(
+                    "RNN layer {k} has config {:?}, expected {:?}",
+                    layer.config,
+                    self.config.layer_config(k)
+                )));
+            }
+            crate::batch::check_params(layer)?;
+        }
+        match (self.config.input, &self.embedding) {
+            (ModelInput::Tokens { vocab, dim }, Some(e)) => {
+                check_shape("embedding.weight", &[vocab, dim], e.weight.shape())?
+            }
+            (ModelInput::Features(_), None) => {}
+            (ModelInput::Tokens { .. }, None) => {
+                return Err(RnnError::MissingTensor("embedding.weight".into()))
+            }
+            (ModelInput::Features(_), Some(_)) => {
+                return Err(RnnError::UnexpectedTensor("embedding.weight".into()))
+            }
+        }
+        check_shape(
+            "linear.weight",
+            &[self.config.outputs, self.config.hidden],
+            self.linear.weight.shape(),
+        )?;
+        check_shape(
+            "linear.bias",
+            &[self.config.outputs],
+            self.linear.bias.shape(),
+        )?;
+        let standard = self.embedding.iter().all(|e| e.weight.is_standard_layout())
+            && self.rnn.iter().flat_map(|p| &p.layers).all(|l| {
+                l.w_ih.is_standard_layout()
+                    && l.w_hh.is_standard_layout()
+                    && l.b_ih.iter().chain(&l.b_hh).all(|b| b.is_standard_layout())
+            })
+            && self.linear.weight.is_standard_layout()
+            && self.linear.bias.is_standard_layout();
+        if !standard {
+            return Err(RnnError::Config(
+                "model tensors must be in standard (row-major, contiguous) layout".into(),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Total number of scalar parameters.
+    pub fn num_parameters(&self) -> usize {
+        self.tensors().iter().map(|t| t.len()).sum()
+    }
+
+    /// The RNN input sequence (T, B, I) of `inputs`.
+    fn embed(&self, inputs: &Inputs<'_, F>) -> Result<Array3<F>> {
+        match (inputs, &self.embedding) {
+            (Inputs::Features(x), None) => Ok(x.to_owned()),
+            (Inputs::Tokens(tokens), Some(e)) => e.forward(tokens.view()),
+            (Inputs::Features(_), Some(_)) => Err(RnnError::Config(
+                "this model reads token ids, got feature vectors".into(),
+            )),
+            (Inputs::Tokens(_), None) => Err(RnnError::Config(
+                "this model reads feature vectors, got token ids".into(),
+            )),
+        }
+    }
+
+    fn forward_record<R: RnnRunner<F>>(
+        &self,
+        runner: &mut R,
+        inputs: &Inputs<'_, F>,
+        dropout: Option<DropoutKey>,
+    ) -> Result<ForwardRecord<R::Tape, F>> {
+        self.validate()?;
+        let drop = Dropout::new(self.config.dropout)?;
+        let mut x = self.embed(inputs)?;
+        let mut tapes = Vec::with_capacity(self.rnn.len());
+        for (k, layer) in self.rnn.iter().enumerate() {
+            let (out, tape) = runner.forward_train(k, layer, x.view())?;
+            x = out;
+            if let Some(key) = dropout {
+                drop.apply(flat_mut(&mut x), key.seed, self.stream(key, k))?;
+            }
+            tapes.push(tape);
+        }
+        let rows = self.config.readout.select(x.view())?;
+        let outputs = self.linear.forward(rows.view())?;
+        Ok(ForwardRecord {
+            tapes,
+            rows,
+            outputs,
+        })
+    }
+
+    fn stream(&self, key: DropoutKey, layer: usize) -> u32 {
+        key.step
+            .wrapping_mul(self.rnn.len() as u32)
+            .wrapping_add(layer as u32)
+    }
+
+    /// Evaluation forward on the CPU (no dropout): the output layer's rows (N, O).
+    pub fn predict(&self, inputs: &Inputs<'_, F>) -> Result<Array2<F>> {
+        self.predict_on(&mut CpuRunner, inputs)
+    }
+
+    /// Evaluation forward on `runner` (no dropout).
+    pub fn predict_on<R: RnnRunner<F>>(
+        &self,
+        runner: &mut R,
+        inputs: &Inputs<'_, F>,
+    ) -> Result<Array2<F>> {
+        Ok(self.forward_record(runner, inputs, None)?.outputs)
+    }
+
+    /// Evaluation loss on the CPU (no dropout).
+    pub fn loss(&self, inputs: &Inputs<'_, F>, targets: &Targets<'_, F>) -> Result<F> {
+        self.loss_on(&mut CpuRunner, inputs, targets)
+    }
+
+    /// Evaluation loss on `runner` (no dropout).
+    pub fn loss_on<R: RnnRunner<F>>(
+        &self,
+        runner: &mut R,
+        inputs: &Inputs<'_, F>,
+        targets: &Targets<'_, F>,
+    ) -> Result<F> {
+        Ok(loss_and_grad(self.predict_on(runner, inputs)?.view(), targets)?.loss)
+    }
+
+    /// [`SeqModel::loss_and_grads_on`] with the CPU reference.
+    pub fn loss_and_grads(
+        &self,
+        inputs: &Inputs<'_, F>,
+        targets: &Targets<'_, F>,
+        dropout: Option<DropoutKey>,
+    ) -> Result<(F, SeqModel<F>)> {
+        self.loss_and_grads_on(&mut CpuRunner, inputs, targets, dropout)
+    }
+
+    /// Training forward and backward: the loss and d loss / d every tensor. With `dropout`,
+    /// masks are drawn from `key` (and the model's dropout probability).
+    pub fn loss_and_grads_on<R: RnnRunner<F>>(
+        &self,
+        runner: &mut R,
+        inputs: &Inputs<'_, F>,
+        targets: &Targets<'_, F>,
+        dropout: Option<DropoutKey>,
+    ) -> Result<(F, SeqModel<F>)> {
+        let (t, b) = inputs.dims();
+        let record = self.forward_record(runner, inputs, dropout)?;
+        let LossGrad { loss, grad } = loss_and_grad(record.outputs.view(), targets)?;
+        let mut grads = self.zeros_like();
+        let linear = self.linear.backward(record.rows.view(), grad.view())?;
+        grads.linear.weight = linear.weight;
+        grads.linear.bias = linear.bias;
+        let mut upstream = self.config.readout.scatter(linear.input, t, b)?;
+        let drop = Dropout::new(self.config.dropout)?;
+        for k in (0..self.rnn.len()).rev() {
+            if let Some(key) = dropout {
+                drop.apply(flat_mut(&mut upstream), key.seed, self.stream(key, k))?;
+            }
+            let (params, input) =
+                runner.backward(k, &self.rnn[k], &record.tapes[k], upstream.view())?;
+            grads.rnn[k] = params;
+            upstream = input;
+        }
+        if let (Inputs::Tokens(tokens), Some(e), Some(ge)) =
+            (inputs, &self.embedding, &mut grads.embedding)
+        {
+            ge.weight = e.backward(tokens.view(), upstream.view())?;
+        }
+        Ok((loss, grads))
+    }
+}
+
+/// The loss of output rows (N, O) against `targets`, with its gradient.
+pub fn loss_and_grad<F: Scalar>(
+    outputs: ArrayView2<'_, F>,
+    targets: &Targets<'_, F>,
+) -> Result<LossGrad<F>> {
+    match targets {
+        Targets::Classes(classes) => cross_entropy(outputs, classes),
+        Targets::Values(values) => mse(outputs, values.view()),
+    }
+}
+
+/// A tensor's elements in row-major order. Model tensors are created in standard layout and
+/// [`SeqModel::validate`] rejects any other, so this holds for every model that passed it.
+fn flat<F, D: ndarray::Dimension>(a: &ndarray::Array<F, D>) -> &[F] {
+    a.as_slice()
+        .expect("model tensors are in standard layout (SeqModel::validate)")
+}
+
+fn flat_mut<F, D: ndarray::Dimension>(a: &mut ndarray::Array<F, D>) -> &mut [F] {
+    a.as_slice_mut()
+        .expect("model tensors are in standard layout (SeqModel::validate)")
+}

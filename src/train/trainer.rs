@@ -1,0 +1,455 @@
+//! The training loop and the two demonstration runs, [`train_adding`] and [`train_charlm`].
+
+use super::clip::{clip_grad_norm, clip_grad_value};
+use super::layers::Readout;
+use super::loss::nats_to_bits;
+use super::model::{
+    CpuRunner, DropoutKey, GpuRunner, Inputs, ModelInput, RnnRunner, SeqModel, SeqModelConfig,
+    Targets,
+};
+use super::optim::{AdamConfig, Optimizer, OptimizerConfig};
+use super::report::{LossPoint, TrainReport};
+use super::tasks::{adding_batch, CharCorpus, Split};
+use crate::config::CellKind;
+use crate::error::{Result, RnnError};
+use crate::gpu::GpuContext;
+use crate::scalar::Scalar;
+use serde_json::json;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Instant;
+
+/// Where the RNN runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Backend {
+    Cpu,
+    Gpu,
+}
+
+impl Backend {
+    /// `cpu` or `gpu`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Backend::Cpu => "cpu",
+            Backend::Gpu => "gpu",
+        }
+    }
+
+    /// Parses `cpu` or `gpu`.
+    pub fn parse(name: &str) -> Result<Self> {
+        match name {
+            "cpu" => Ok(Backend::Cpu),
+            "gpu" => Ok(Backend::Gpu),
+            other => Err(RnnError::Config(format!(
+                "unknown backend `{other}` (expected cpu or gpu)"
+            ))),
+        }
+    }
+}
+
+/// The RNN runner of a [`Backend`] for f32 training.
+enum Runner {
+    Cpu(CpuRunner),
+    Gpu(GpuRunner),
+}
+
+impl Runner {
+    fn new(backend: Backend, model: &SeqModel<f32>) -> Result<Self> {
+        Ok(match backend {
+            Backend::Cpu => Runner::Cpu(CpuRunner),
+            Backend::Gpu => Runner::Gpu(GpuRunner::new(Arc::new(GpuContext::new()?), model)?),
+        })
+    }
+
+    fn step(
+        &mut self,
+        model: &mut SeqModel<f32>,
+        optimizer: &mut Optimizer<f32>,
+        inputs: &Inputs<'_, f32>,
+        targets: &Targets<'_, f32>,
+        clip: Clip,
+        dropout: Option<DropoutKey>,
+    ) -> Result<StepStats> {
+        match self {
+            Runner::Cpu(r) => train_step_on(r, model, optimizer, inputs, targets, clip, dropout),
+            Runner::Gpu(r) => train_step_on(r, model, optimizer, inputs, targets, clip, dropout),
+        }
+    }
+
+    fn loss(
+        &mut self,
+        model: &SeqModel<f32>,
+        inputs: &Inputs<'_, f32>,
+        targets: &Targets<'_, f32>,
+    ) -> Result<f64> {
+        Ok(match self {
+            Runner::Cpu(r) => model.loss_on(r, inputs, targets)?,
+            Runner::Gpu(r) => model.loss_on(r, inputs, targets)?,
+        } as f64)
+    }
+}
+
+/// Gradient clipping applied before each update.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Clip {
+    None,
+    /// Scale all gradients so that their global L2 norm is at most this.
+    Norm(f64),
+    /// Clamp every gradient to [−v, v].
+    Value(f64),
+}
+
+/// Statistics of one training step.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct StepStats {
+    pub loss: f64,
+    /// Global gradient norm before clipping (only computed for `Clip::Norm`, else NaN).
+    pub grad_norm: f64,
+}
+
+/// One step on the CPU reference: forward, backward, clipping, optimizer update.
+pub fn train_step<F: Scalar>(
+    model: &mut SeqModel<F>,
+    optimizer: &mut Optimizer<F>,
+    inputs: &Inputs<'_, F>,
+    targets: &Targets<'_, F>,
+    clip: Clip,
+    dropout: Option<DropoutKey>,
+) -> Result<StepStats> {
+    train_step_on(
+        &mut CpuRunner,
+        model,
+        optimizer,
+        inputs,
+        targets,
+        clip,
+        dropout,
+    )
+}
+
+/// One step with the RNN layers on `runner`: forward, backward, clipping, optimizer update,
+/// then `runner.sync` with the updated parameters.
+pub fn train_step_on<F: Scalar, R: RnnRunner<F>>(
+    runner: &mut R,
+    model: &mut SeqModel<F>,
+    optimizer: &mut Optimizer<F>,
+    inputs: &Inputs<'_, F>,
+    targets: &Targets<'_, F>,
+    clip: Clip,
+    dropout: Option<DropoutKey>,
+) -> Result<StepStats> {
+    let (loss, mut grads) = model.loss_and_grads_on(runner, inputs, targets, dropout)?;
+    let mut grad_slices = grads.tensors_mut();
+    let grad_norm = match clip {
+        Clip::None => f64::NAN,
+        Clip::Norm(max) => clip_grad_norm(&mut grad_slices, max)?.to_f64(),
+        Clip::Value(v) => {
+            clip_grad_value(&mut grad_slices, v)?;
+            f64::NAN
+        }
+    };
+    let grad_views: Vec<&[F]> = grad_slices.iter().map(|g| &**g).collect();
+    optimizer.step(&mut model.tensors_mut(), &grad_views)?;
+    runner.sync(model)?;
+    Ok(StepStats {
+        loss: loss.to_f64(),
+        grad_norm,
+    })
+}
+
+/// Settings of [`train_adding`]. The model: the cell → linear(H, 1) on the last step, MSE.
+#[derive(Clone, Debug, PartialEq)]
+pub struct AddingOptions {
+    pub cell: CellKind,
+    pub seq_len: usize,
+    pub hidden: usize,
+    pub batch: usize,
+    pub steps: usize,
+    /// Adam learning rate.
+    pub lr: f64,
+    /// Global-norm clipping threshold; `None` for no clipping.
+    pub clip: Option<f64>,
+    pub backend: Backend,
+    pub seed: u64,
+    /// Evaluate on the held-out batch every this many steps (and after the last).
+    pub eval_every: usize,
+    /// Size of the fixed held-out batch.
+    pub eval_batch: usize,
+}
+
+impl Default for AddingOptions {
+    /// LSTM, T = 20, H = 32, B = 64, 600 steps of Adam at 1e-2, clip 1.0.
+    fn default() -> Self {
+        AddingOptions {
+            cell: CellKind::Lstm,
+            seq_len: 20,
+            hidden: 32,
+            batch: 64,
+            steps: 600,
+            lr: 1e-2,
+            clip: Some(1.0),
+            backend: Backend::Cpu,
+            seed: 0,
+            eval_every: 50,
+            eval_batch: 512,
+        }
+    }
+}
+
+fn check_positive(values: &[(&str, usize)]) -> Result<()> {
+    match values.iter().find(|(_, v)| *v == 0) {
+        Some((what, _)) => Err(RnnError::Config(format!("{what} must be at least 1"))),
+        None => Ok(()),
+    }
+}
+
+fn clip_of(clip: Option<f64>) -> Clip {
+    clip.map_or(Clip::None, Clip::Norm)
+}
+
+/// Trains a cell on the adding problem (f32) and reports the held-out MSE. On the gpu backend
+/// the RNN runs on the GPU ([`GpuRunner`]); loss, clipping and the update run on the host.
+pub fn train_adding(opts: &AddingOptions) -> Result<TrainReport> {
+    check_positive(&[
+        ("steps", opts.steps),
+        ("eval_every", opts.eval_every),
+        ("eval_batch", opts.eval_batch),
+    ])?;
+    let config = SeqModelConfig {
+        cell: opts.cell,
+        input: ModelInput::Features(2),
+        hidden: opts.hidden,
+        layers: 1,
+        outputs: 1,
+        dropout: 0.0,
+        readout: Readout::LastStep,
+    };
+    let mut model = SeqModel::<f32>::init(&config, opts.seed)?;
+    let lens: Vec<usize> = model.tensors().iter().map(|t| t.len()).collect();
+    let mut optimizer = Optimizer::new(OptimizerConfig::Adam(AdamConfig::new(opts.lr)), &lens)?;
+    // The held-out batch comes from a generator stream training never uses.
+    let (eval_x, eval_y) =
+        adding_batch::<f32>(opts.seq_len, opts.eval_batch, opts.seed ^ 0x5EED_E7A1, 0)?;
+    let mut runner = Runner::new(opts.backend, &model)?;
+    let evaluate = |runner: &mut Runner, model: &SeqModel<f32>| -> Result<f64> {
+        runner.loss(
+            model,
+            &Inputs::Features(eval_x.view()),
+            &Targets::Values(eval_y.view()),
+        )
+    };
+    let start = Instant::now();
+    let mut history = vec![LossPoint {
+        step: 0,
+        loss: evaluate(&mut runner, &model)?,
+        train_loss: f64::NAN,
+    }];
+    let mut interval = Vec::new();
+    for step in 0..opts.steps {
+        let (x, y) = adding_batch::<f32>(opts.seq_len, opts.batch, opts.seed, step as u64)?;
+        let stats = runner.step(
+            &mut model,
+            &mut optimizer,
+            &Inputs::Features(x.view()),
+            &Targets::Values(y.view()),
+            clip_of(opts.clip),
+            None,
+        )?;
+        interval.push(stats.loss);
+        if (step + 1) % opts.eval_every == 0 || step + 1 == opts.steps {
+            history.push(LossPoint {
+                step: step + 1,
+                loss: evaluate(&mut runner, &model)?,
+                train_loss: interval.iter().sum::<f64>() / interval.len() as f64,
+            });
+            interval.clear();
+        }
+    }
+    let final_value = history.last().map_or(f64::NAN, |p| p.loss);
+    Ok(TrainReport {
+        task: "adding".into(),
+        cell: cell_name(opts.cell),
+        backend: opts.backend.name().into(),
+        settings: vec![
+            ("seq_len".into(), json!(opts.seq_len)),
+            ("hidden".into(), json!(opts.hidden)),
+            ("batch".into(), json!(opts.batch)),
+            ("steps".into(), json!(opts.steps)),
+            ("lr".into(), json!(opts.lr)),
+            ("clip".into(), json!(opts.clip)),
+            ("seed".into(), json!(opts.seed)),
+            (
+                "baseline_mse".into(),
+                json!(super::tasks::ADDING_BASELINE_MSE),
+            ),
+        ],
+        history,
+        final_metric: "final_mse",
+        final_value,
+        seconds: start.elapsed().as_secs_f64(),
+    })
+}
+
+/// `rnn_tanh`, `rnn_relu`, `lstm`, `gru`, …
+pub fn cell_name(cell: CellKind) -> String {
+    match cell {
+        CellKind::Rnn(nl) => format!("rnn_{}", nl.name()),
+        other => other.name().to_string(),
+    }
+}
+
+/// The text bundled with the crate (public-domain US documents, see `data/README.md`).
+pub const BUNDLED_TEXT: &str = include_str!("../../data/public_domain.txt");
+
+/// Settings of [`train_charlm`]. The model: embedding → `layers` cells with dropout between
+/// layers and before the output → linear(H, V) on every step, cross-entropy.
+#[derive(Clone, Debug, PartialEq)]
+pub struct CharLmOptions {
+    /// A UTF-8 text file; `None` uses [`BUNDLED_TEXT`].
+    pub text: Option<PathBuf>,
+    pub cell: CellKind,
+    pub embed: usize,
+    pub hidden: usize,
+    pub layers: usize,
+    pub dropout: f32,
+    pub seq_len: usize,
+    pub batch: usize,
+    pub steps: usize,
+    /// Adam learning rate.
+    pub lr: f64,
+    /// Global-norm clipping threshold; `None` for no clipping.
+    pub clip: Option<f64>,
+    pub backend: Backend,
+    pub seed: u64,
+    pub eval_every: usize,
+    /// Fraction of the text held out (its tail).
+    pub held_out_fraction: f64,
+    /// If set, the final model and optimizer state are saved here.
+    pub checkpoint: Option<PathBuf>,
+}
+
+impl Default for CharLmOptions {
+    /// 2-layer LSTM, E = 32, H = 128, dropout 0.1, T = 64, B = 32, 300 steps of Adam at 3e-3.
+    fn default() -> Self {
+        CharLmOptions {
+            text: None,
+            cell: CellKind::Lstm,
+            embed: 32,
+            hidden: 128,
+            layers: 2,
+            dropout: 0.1,
+            seq_len: 64,
+            batch: 32,
+            steps: 300,
+            lr: 3e-3,
+            clip: Some(1.0),
+            backend: Backend::Cpu,
+            seed: 0,
+            eval_every: 50,
+            held_out_fraction: 0.1,
+            checkpoint: None,
+        }
+    }
+}
+
+/// Trains a character-level language model (f32) and reports held-out bits per character.
+/// On the gpu backend the RNN layers run on the GPU; everything else on the host.
+pub fn train_charlm(opts: &CharLmOptions) -> Result<TrainReport> {
+    check_positive(&[("steps", opts.steps), ("eval_every", opts.eval_every)])?;
+    let text = match &opts.text {
+        Some(path) => std::fs::read_to_string(path).map_err(|e| RnnError::io(path, e))?,
+        None => BUNDLED_TEXT.to_string(),
+    };
+    let corpus = CharCorpus::from_text(&text, opts.held_out_fraction)?;
+    let vocab = corpus.vocab.len();
+    let config = SeqModelConfig {
+        cell: opts.cell,
+        input: ModelInput::Tokens {
+            vocab,
+            dim: opts.embed,
+        },
+        hidden: opts.hidden,
+        layers: opts.layers,
+        outputs: vocab,
+        dropout: opts.dropout,
+        readout: Readout::EveryStep,
+    };
+    let mut model = SeqModel::<f32>::init(&config, opts.seed)?;
+    let lens: Vec<usize> = model.tensors().iter().map(|t| t.len()).collect();
+    let mut optimizer = Optimizer::new(OptimizerConfig::Adam(AdamConfig::new(opts.lr)), &lens)?;
+    let eval_batches =
+        corpus.sequential_batches(Split::HeldOut, opts.seq_len, opts.batch.min(8))?;
+    let mut runner = Runner::new(opts.backend, &model)?;
+    let evaluate = |runner: &mut Runner, model: &SeqModel<f32>| -> Result<f64> {
+        let mut total = 0.0;
+        for (x, y) in &eval_batches {
+            total += runner.loss(model, &Inputs::Tokens(x.view()), &Targets::Classes(y))?;
+        }
+        Ok(nats_to_bits(total / eval_batches.len() as f64))
+    };
+    let start = Instant::now();
+    let mut history = vec![LossPoint {
+        step: 0,
+        loss: evaluate(&mut runner, &model)?,
+        train_loss: f64::NAN,
+    }];
+    let mut interval = Vec::new();
+    let dropout_seed = (opts.seed as u32) ^ 0xD80F;
+    for step in 0..opts.steps {
+        let (x, y) = corpus.random_batch(
+            Split::Train,
+            opts.seq_len,
+            opts.batch,
+            opts.seed,
+            step as u64,
+        )?;
+        let stats = runner.step(
+            &mut model,
+            &mut optimizer,
+            &Inputs::Tokens(x.view()),
+            &Targets::Classes(&y),
+            clip_of(opts.clip),
+            (opts.dropout > 0.0).then_some(DropoutKey {
+                seed: dropout_seed,
+                step: step as u32,
+            }),
+        )?;
+        interval.push(nats_to_bits(stats.loss));
+        if (step + 1) % opts.eval_every == 0 || step + 1 == opts.steps {
+            history.push(LossPoint {
+                step: step + 1,
+                loss: evaluate(&mut runner, &model)?,
+                train_loss: interval.iter().sum::<f64>() / interval.len() as f64,
+            });
+            interval.clear();
+        }
+    }
+    if let Some(path) = &opts.checkpoint {
+        super::checkpoint::save_checkpoint(path, &model, &optimizer)?;
+    }
+    let final_value = history.last().map_or(f64::NAN, |p| p.loss);
+    Ok(TrainReport {
+        task: "charlm".into(),
+        cell: cell_name(opts.cell),
+        backend: opts.backend.name().into(),
+        settings: vec![
+            ("vocab".into(), json!(vocab)),
+            ("train_chars".into(), json!(corpus.train.len())),
+            ("held_out_chars".into(), json!(corpus.held_out.len())),
+            ("embed".into(), json!(opts.embed)),
+            ("hidden".into(), json!(opts.hidden)),
+            ("layers".into(), json!(opts.layers)),
+            ("dropout".into(), json!(opts.dropout)),
+            ("seq_len".into(), json!(opts.seq_len)),
+            ("batch".into(), json!(opts.batch)),
+            ("steps".into(), json!(opts.steps)),
+            ("lr".into(), json!(opts.lr)),
+            ("clip".into(), json!(opts.clip)),
+            ("seed".into(), json!(opts.seed)),
+        ],
+        history,
+        final_metric: "final_bpc",
+        final_value,
+        seconds: start.elapsed().as_secs_f64(),
+    })
+}
