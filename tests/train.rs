@@ -14,9 +14,10 @@ use wgpu_rnn::train::gpu::{
 };
 use wgpu_rnn::train::{
     adding_batch, clip_grad_norm, clip_grad_value, cross_entropy, dropout_hash, gradflow,
-    load_checkpoint, save_checkpoint, train_adding, train_step, AdamConfig, AddingOptions, Backend,
-    CharCorpus, Clip, Dropout, DropoutKey, GradFlowOptions, Inputs, ModelInput, Optimizer,
-    OptimizerConfig, Readout, SeqModel, SeqModelConfig, SgdConfig, Split, Targets,
+    gradflow_with, load_checkpoint, plot_many, sample_text, save_checkpoint, train_adding,
+    train_charlm, train_step, AdamConfig, AddingOptions, Backend, CharCorpus, CharLmOptions, Clip,
+    Dropout, DropoutKey, GradFlowOptions, GradFlowWeights, Inputs, ModelInput, Optimizer,
+    OptimizerConfig, Readout, SampleOptions, SeqModel, SeqModelConfig, SgdConfig, Split, Targets,
 };
 use wgpu_rnn::{CellKind, Nonlinearity, RnnError};
 
@@ -465,6 +466,214 @@ fn gradflow_reports_a_curve_per_cell() {
         );
         assert_eq!(c.first_last_ratio, c.norms[0] / c.norms[11]);
     }
+}
+
+#[test]
+fn lstm_forget_bias_keeps_more_gradient_and_training_is_reported() {
+    let opts = GradFlowOptions {
+        seq_len: 30,
+        hidden: 8,
+        batch: 3,
+        seed: 2,
+    };
+    let ratio = |weights: &GradFlowWeights| {
+        let report = gradflow_with(&opts, weights).unwrap();
+        let lstm = report.curves.iter().find(|c| c.cell == "lstm").unwrap();
+        (lstm.first_last_ratio, lstm.trained_mse)
+    };
+    let (torch_init, none) = ratio(&GradFlowWeights {
+        forget_bias: None,
+        train_steps: 0,
+    });
+    let (bias3, _) = ratio(&GradFlowWeights {
+        forget_bias: Some(3.0),
+        train_steps: 0,
+    });
+    assert!(none.is_none());
+    // σ(3) ≈ 0.95 against σ(0) = 0.5 per step on the cell path, over 29 steps.
+    assert!(
+        bias3 > 1e3 * torch_init,
+        "forget bias 3: ratio {bias3:.3e}, torch init {torch_init:.3e}"
+    );
+    let trained = gradflow_with(
+        &opts,
+        &GradFlowWeights {
+            forget_bias: Some(1.0),
+            train_steps: 2,
+        },
+    )
+    .unwrap();
+    assert_eq!(trained.train_steps, 2);
+    for c in &trained.curves {
+        let mse = c.trained_mse.unwrap();
+        assert!(mse.is_finite() && mse > 0.0, "{}: {mse}", c.cell);
+    }
+    let json = trained.to_json();
+    assert_eq!(json["forget_bias"], 1.0);
+    assert!(json["curves"][0]["trained_mse"].is_number());
+}
+
+#[test]
+fn forget_bias_sets_b_if_and_clears_b_hf_and_rejects_other_cells() {
+    let mut config = features_config(Readout::LastStep, 1);
+    config.cell = CellKind::Lstm;
+    config.layers = 2;
+    let mut model = SeqModel::<f64>::init(&config, 4).unwrap();
+    let before = model.clone();
+    model.set_forget_bias(1.5).unwrap();
+    let h = config.hidden;
+    for (layer, old) in model.rnn.iter().zip(&before.rnn) {
+        let (new, old) = (&layer.layers[0], &old.layers[0]);
+        let (b_ih, b_hh) = (new.b_ih.as_ref().unwrap(), new.b_hh.as_ref().unwrap());
+        for g in 0..4 * h {
+            let forget = (h..2 * h).contains(&g);
+            let want_ih = if forget {
+                1.5
+            } else {
+                old.b_ih.as_ref().unwrap()[g]
+            };
+            let want_hh = if forget {
+                0.0
+            } else {
+                old.b_hh.as_ref().unwrap()[g]
+            };
+            assert_eq!((b_ih[g], b_hh[g]), (want_ih, want_hh), "gate row {g}");
+        }
+    }
+    config.cell = CellKind::Gru;
+    let err = SeqModel::<f64>::init(&config, 4)
+        .unwrap()
+        .set_forget_bias(1.0)
+        .unwrap_err();
+    assert!(err.to_string().contains("LSTM"), "{err}");
+}
+
+#[test]
+fn sampling_is_seeded_starts_with_the_prime_and_checks_its_inputs() {
+    let (model, corpus) = charlm_setup();
+    let opts = SampleOptions {
+        prime: "We the".into(),
+        len: 37,
+        temperature: 0.9,
+        seed: 3,
+    };
+    let text = sample_text(&model, &corpus.vocab, &opts).unwrap();
+    assert_eq!(text, sample_text(&model, &corpus.vocab, &opts).unwrap());
+    assert!(text.starts_with("We the"), "{text:?}");
+    assert_eq!(text.chars().count(), 6 + 37);
+    assert!(text.chars().all(|c| corpus.vocab.contains(&c)));
+    let other = sample_text(
+        &model,
+        &corpus.vocab,
+        &SampleOptions {
+            seed: 4,
+            ..opts.clone()
+        },
+    );
+    assert_ne!(text, other.unwrap(), "the seed should change the sample");
+    let bad_prime = SampleOptions {
+        prime: "snow \u{2603}".into(),
+        ..opts.clone()
+    };
+    let err = sample_text(&model, &corpus.vocab, &bad_prime).unwrap_err();
+    assert!(
+        err.to_string().contains("not in the model's vocabulary"),
+        "{err}"
+    );
+    for temperature in [0.0, -1.0, f64::NAN] {
+        let err = sample_text(
+            &model,
+            &corpus.vocab,
+            &SampleOptions {
+                temperature,
+                ..opts.clone()
+            },
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("temperature"), "{err}");
+    }
+    let err = sample_text(&model, &corpus.vocab[1..], &opts).unwrap_err();
+    assert!(err.to_string().contains("sampling needs"), "{err}");
+}
+
+#[test]
+fn charlm_reports_bits_perplexity_epochs_and_a_sample() {
+    let opts = CharLmOptions {
+        cell: CellKind::Gru,
+        embed: 6,
+        hidden: 11,
+        layers: 1,
+        seq_len: 16,
+        batch: 33,
+        steps: 50,
+        sample_len: 40,
+        ..CharLmOptions::default()
+    };
+    let report = train_charlm(&opts).unwrap();
+    let (_, corpus) = charlm_setup();
+    let train_chars = corpus.train.len();
+    let epoch_steps = train_chars.div_ceil(16 * 33);
+    let steps: Vec<usize> = report.history.iter().map(|p| p.step).collect();
+    assert_eq!(
+        steps,
+        vec![0, epoch_steps, 2 * epoch_steps, 50],
+        "{steps:?}"
+    );
+    for p in &report.history {
+        let epoch = p.epoch.unwrap();
+        assert!((epoch - (p.step * 16 * 33) as f64 / train_chars as f64).abs() < 1e-12);
+        assert_eq!(p.perplexity("charlm"), Some(p.loss.exp2()));
+    }
+    assert!(report.final_value < report.history[0].loss);
+    let sample = report.sample.as_deref().unwrap();
+    assert!(
+        sample.starts_with("The ") && sample.chars().count() == 44,
+        "{sample:?}"
+    );
+    let json = report.to_json();
+    assert_eq!(json["sample"], sample);
+    assert_eq!(json["final_perplexity"], report.final_value.exp2());
+    assert!(json["history"][1]["perplexity"].is_number());
+    assert!(json["history"][1]["epoch"].is_number());
+    let lines = report.history_lines();
+    assert!(
+        lines[1].contains("epoch") && lines[1].contains("perplexity"),
+        "{}",
+        lines[1]
+    );
+    let err = train_charlm(&CharLmOptions {
+        eval_every: Some(0),
+        ..opts
+    })
+    .unwrap_err();
+    assert!(err.to_string().contains("eval_every"), "{err}");
+}
+
+#[test]
+fn plot_many_draws_several_runs_and_rejects_none() {
+    let opts = AddingOptions {
+        seq_len: 5,
+        hidden: 3,
+        batch: 4,
+        steps: 3,
+        eval_every: 1,
+        eval_batch: 7,
+        ..AddingOptions::default()
+    };
+    let lstm = train_adding(&opts).unwrap();
+    let gru = train_adding(&AddingOptions {
+        cell: CellKind::Gru,
+        ..opts
+    })
+    .unwrap();
+    assert!(lstm.history.iter().all(|p| p.epoch.is_none()));
+    assert!(lstm.sample.is_none() && lstm.to_json().get("sample").is_none());
+    let path = std::env::temp_dir().join(format!("wgpu-rnn-plot-many-{}.png", std::process::id()));
+    plot_many(&[&lstm, &gru], &path).unwrap();
+    let bytes = std::fs::read(&path).unwrap();
+    assert_eq!(&bytes[1..4], b"PNG");
+    std::fs::remove_file(&path).ok();
+    assert!(plot_many(&[], &path).is_err());
 }
 
 // ---- GPU kernels against the CPU ----

@@ -338,7 +338,12 @@ fn train(task: TrainTask) -> Result<ExitCode> {
         println!("step {:>6}  held-out {:.5}", point.step, point.loss);
     }
     println!("{} = {:.5}", report.final_metric, report.final_value);
-    write_outputs(args.json, args.plot, |p| report.write_json(p), |p| report.plot(p))?;
+    write_outputs(
+        args.json,
+        args.plot,
+        |p| report.write_json(p),
+        |p| report.plot(p),
+    )?;
     Ok(ExitCode::SUCCESS)
 }
 

@@ -1,16 +1,20 @@
 //! Gradient flow through time: ‖∂L/∂h_t‖ against t for an Elman RNN, an LSTM and a GRU on the
-//! same adding-problem batch, at initialisation (the loss reads only the last step).
+//! same adding-problem batch (the loss reads only the last step), at initialisation or after
+//! `train_steps` steps of training on the adding problem.
 //!
 //! ∂L/∂h_t is the total derivative through all later steps. It is measured exactly as the
 //! gradient of the initial state of a run over x_{t+1..T} that starts from (h_t, c_t): the loss
-//! depends on h_t only through those later steps.
+//! depends on h_t only through those later steps. For the LSTM this includes the path through
+//! the cell state, whose per-step factor is the forget gate: with torch's init f ≈ σ(0) = 0.5
+//! and that path vanishes too, hence [`GradFlowOptions::forget_bias`].
 
 use super::layers::{Linear, Readout};
 use super::loss::mse;
 use super::report::{plot_lines, write_json};
 use super::tasks::adding_batch;
+use super::trainer::{adding_model, fit_adding, AddingOptions};
 use crate::batch::{SequenceBatch, UpstreamGrads};
-use crate::config::{CellKind, Nonlinearity, RnnConfig};
+use crate::config::{CellKind, Nonlinearity};
 use crate::cpu;
 use crate::error::{Result, RnnError};
 use crate::params::RnnParams;
@@ -23,6 +27,7 @@ use std::path::Path;
 pub struct GradFlowOptions {
     pub seq_len: usize,
     pub hidden: usize,
+    /// Sequences of the measured batch.
     pub batch: usize,
     pub seed: u64,
 }
@@ -39,6 +44,28 @@ impl Default for GradFlowOptions {
     }
 }
 
+/// At which weights [`gradflow_with`] measures.
+#[derive(Clone, Debug, PartialEq)]
+pub struct GradFlowWeights {
+    /// The LSTM's initial forget-gate bias (b_if; b_hf = 0, see
+    /// [`SeqModel::set_forget_bias`](super::model::SeqModel::set_forget_bias)); `None` keeps
+    /// torch's init (forget gate ≈ 0.5).
+    pub forget_bias: Option<f64>,
+    /// Adding-problem training steps (f32, [`AddingOptions`]' defaults for batch, learning rate
+    /// and clipping, at the measured `seq_len` and `hidden`) before measuring; 0: at init.
+    pub train_steps: usize,
+}
+
+impl Default for GradFlowWeights {
+    /// At init, LSTM forget bias 1.
+    fn default() -> Self {
+        GradFlowWeights {
+            forget_bias: Some(1.0),
+            train_steps: 0,
+        }
+    }
+}
+
 /// One cell's gradient norms.
 #[derive(Clone, Debug, PartialEq)]
 pub struct GradFlowCurve {
@@ -47,6 +74,8 @@ pub struct GradFlowCurve {
     pub norms: Vec<f64>,
     /// norms[0] / norms[T−1]: how much of the last step's gradient reaches the first step.
     pub first_last_ratio: f64,
+    /// Held-out adding-problem MSE after the training steps (`None` at init).
+    pub trained_mse: Option<f64>,
 }
 
 /// The outcome of [`gradflow`].
@@ -55,18 +84,26 @@ pub struct GradFlowReport {
     pub seq_len: usize,
     pub hidden: usize,
     pub batch: usize,
+    pub forget_bias: Option<f64>,
+    pub train_steps: usize,
     pub curves: Vec<GradFlowCurve>,
 }
 
 impl GradFlowReport {
-    /// `{"seq_len","hidden","batch","curves":[{"cell","norms","first_last_ratio"}]}`.
+    /// `{"seq_len","hidden","batch","forget_bias","train_steps","curves":[{"cell","norms",
+    /// "first_last_ratio","trained_mse"}]}`.
     pub fn to_json(&self) -> serde_json::Value {
         let curves: Vec<serde_json::Value> = self
             .curves
             .iter()
-            .map(|c| json!({"cell": c.cell, "norms": c.norms, "first_last_ratio": c.first_last_ratio}))
+            .map(|c| {
+                json!({"cell": c.cell, "norms": c.norms, "first_last_ratio": c.first_last_ratio,
+                       "trained_mse": c.trained_mse})
+            })
             .collect();
-        json!({"seq_len": self.seq_len, "hidden": self.hidden, "batch": self.batch, "curves": curves})
+        json!({"seq_len": self.seq_len, "hidden": self.hidden, "batch": self.batch,
+               "forget_bias": self.forget_bias, "train_steps": self.train_steps,
+               "curves": curves})
     }
 
     /// Writes [`GradFlowReport::to_json`] to `path`.
@@ -92,8 +129,15 @@ impl GradFlowReport {
         plot_lines(
             path.as_ref(),
             &format!(
-                "gradient flow, adding problem T={} H={}",
-                self.seq_len, self.hidden
+                "gradient flow, adding problem T={} H={}, {}{}",
+                self.seq_len,
+                self.hidden,
+                match self.train_steps {
+                    0 => "at init".to_string(),
+                    n => format!("after {n} training steps"),
+                },
+                self.forget_bias
+                    .map_or(String::new(), |b| format!(", LSTM forget bias {b}")),
             ),
             "t",
             "log10 ||dL/dh_t||",
@@ -103,8 +147,14 @@ impl GradFlowReport {
     }
 }
 
-/// ‖∂L/∂h_t‖ against t for rnn_tanh, lstm and gru (f64, CPU), same data, seeded init.
+/// [`gradflow_with`] at init with the LSTM's forget bias at 1 ([`GradFlowWeights::default`]).
 pub fn gradflow(opts: &GradFlowOptions) -> Result<GradFlowReport> {
+    gradflow_with(opts, &GradFlowWeights::default())
+}
+
+/// ‖∂L/∂h_t‖ against t for rnn_tanh, lstm and gru (f64, CPU), same data, seeded init,
+/// optionally after training each cell on the adding problem.
+pub fn gradflow_with(opts: &GradFlowOptions, weights: &GradFlowWeights) -> Result<GradFlowReport> {
     if opts.seq_len < 2 || opts.hidden == 0 || opts.batch == 0 {
         return Err(RnnError::Config(format!(
             "gradflow needs seq_len ≥ 2, hidden ≥ 1 and batch ≥ 1, got {}, {}, {}",
@@ -120,14 +170,14 @@ pub fn gradflow(opts: &GradFlowOptions) -> Result<GradFlowReport> {
     let curves = cells
         .iter()
         .map(|&cell| {
-            let params = RnnParams::<f64>::init(&RnnConfig::new(cell, 2, opts.hidden), opts.seed)?;
-            let linear = Linear::<f64>::init(opts.hidden, 1, opts.seed ^ 0x11AE);
+            let (params, linear, trained_mse) = measured_model(cell, opts, weights)?;
             let norms = hidden_grad_norms(&params, &linear, &x, &y)?;
             let first_last_ratio = norms[0] / norms[opts.seq_len - 1];
             Ok(GradFlowCurve {
                 cell: super::trainer::cell_name(cell),
                 norms,
                 first_last_ratio,
+                trained_mse,
             })
         })
         .collect::<Result<_>>()?;
@@ -135,8 +185,42 @@ pub fn gradflow(opts: &GradFlowOptions) -> Result<GradFlowReport> {
         seq_len: opts.seq_len,
         hidden: opts.hidden,
         batch: opts.batch,
+        forget_bias: weights.forget_bias,
+        train_steps: weights.train_steps,
         curves,
     })
+}
+
+/// The RNN and output layer whose gradients are measured (f64), with the held-out MSE when
+/// they were trained: an adding-problem model at init (`train_steps` = 0) or after
+/// [`fit_adding`].
+fn measured_model(
+    cell: CellKind,
+    opts: &GradFlowOptions,
+    weights: &GradFlowWeights,
+) -> Result<(RnnParams<f64>, Linear<f64>, Option<f64>)> {
+    let forget_bias = weights.forget_bias.filter(|_| cell == CellKind::Lstm);
+    let adding = AddingOptions {
+        cell,
+        seq_len: opts.seq_len,
+        hidden: opts.hidden,
+        steps: weights.train_steps.max(1),
+        seed: opts.seed,
+        forget_bias,
+        ..AddingOptions::default()
+    };
+    let (model, trained_mse) = if weights.train_steps == 0 {
+        (adding_model(&adding)?, None)
+    } else {
+        let (model, report) = fit_adding(&adding)?;
+        (model, Some(report.final_value))
+    };
+    let params = model.rnn[0].cast::<f64>();
+    let linear = Linear {
+        weight: model.linear.weight.mapv(f64::from),
+        bias: model.linear.bias.mapv(f64::from),
+    };
+    Ok((params, linear, trained_mse))
 }
 
 /// ‖∂L/∂h_t‖ for t = 0..T, L = MSE(linear(h_{T−1}), y).

@@ -13,13 +13,16 @@ pub mod loss;
 pub mod model;
 pub mod optim;
 pub mod report;
+pub mod sample;
 pub mod tasks;
 pub mod trainer;
 
 pub use checkpoint::{load_checkpoint, save_checkpoint};
 pub use clip::{clip_grad_norm, clip_grad_value, global_norm};
 pub use dropout::{dropout_hash, Dropout};
-pub use gradflow::{gradflow, GradFlowCurve, GradFlowOptions, GradFlowReport};
+pub use gradflow::{
+    gradflow, gradflow_with, GradFlowCurve, GradFlowOptions, GradFlowReport, GradFlowWeights,
+};
 pub use layers::{Embedding, Linear, Readout};
 pub use loss::{cross_entropy, mse};
 pub use model::{
@@ -27,7 +30,8 @@ pub use model::{
     Targets,
 };
 pub use optim::{AdamConfig, Optimizer, OptimizerConfig, SgdConfig};
-pub use report::{LossPoint, TrainReport};
+pub use report::{plot_many, LossPoint, TrainReport};
+pub use sample::{sample_text, SampleOptions};
 pub use tasks::{adding_batch, CharCorpus, Split};
 pub use trainer::{
     train_adding, train_charlm, train_step, train_step_on, AddingOptions, Backend, CharLmOptions,

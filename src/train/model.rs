@@ -282,6 +282,30 @@ impl<F: Scalar> SeqModel<F> {
         })
     }
 
+    /// LSTM forget-gate bias init (Jozefowicz et al. 2015): in every layer b_if (rows H..2H of
+    /// `bias_ih`) is set to `bias` and b_hf to 0, so the forget gate starts at ≈ σ(bias) and the
+    /// cell state keeps its gradient over more steps. An error for other cells or no biases.
+    pub fn set_forget_bias(&mut self, bias: f64) -> Result<()> {
+        if self.config.cell != CellKind::Lstm {
+            return Err(RnnError::Config(format!(
+                "a forget-gate bias needs an LSTM, this model has {:?} cells",
+                self.config.cell
+            )));
+        }
+        let h = self.config.hidden;
+        for layer in self.rnn.iter_mut().flat_map(|p| p.layers.iter_mut()) {
+            let (Some(b_ih), Some(b_hh)) = (&mut layer.b_ih, &mut layer.b_hh) else {
+                return Err(RnnError::Config(
+                    "a forget-gate bias needs an LSTM with biases".into(),
+                ));
+            };
+            b_ih.slice_mut(ndarray::s![h..2 * h])
+                .fill(F::from_f64(bias));
+            b_hh.slice_mut(ndarray::s![h..2 * h]).fill(F::zero());
+        }
+        Ok(())
+    }
+
     /// The same model with every tensor zero (a gradient accumulator).
     pub fn zeros_like(&self) -> Self {
         let mut zeros = self.clone();

@@ -11,10 +11,21 @@ use std::sync::Once;
 pub struct LossPoint {
     /// Training steps completed.
     pub step: usize,
+    /// Epochs completed (training characters seen / training-split size) for the char-LM;
+    /// `None` where the training data is unbounded (the adding problem draws fresh batches).
+    pub epoch: Option<f64>,
     /// Held-out loss (MSE for the adding problem, bits per character for the char-LM).
     pub loss: f64,
     /// Mean training loss over the steps since the previous evaluation (NaN at step 0).
     pub train_loss: f64,
+}
+
+impl LossPoint {
+    /// Held-out perplexity 2^bits-per-character for the char-LM (`None` for other tasks, whose
+    /// loss is not in bits).
+    pub fn perplexity(&self, task: &str) -> Option<f64> {
+        (task == "charlm").then(|| self.loss.exp2())
+    }
 }
 
 /// The outcome of a training run.
@@ -35,11 +46,14 @@ pub struct TrainReport {
     pub final_value: f64,
     /// Wall time of the training loop.
     pub seconds: f64,
+    /// Text sampled from the trained char-LM (prime included); `None` for other tasks.
+    pub sample: Option<String>,
 }
 
 impl TrainReport {
-    /// `{"task","cell","backend",<settings>,"seconds","history":[{"step","loss","train_loss"}],
-    /// "<final_metric>"}`; NaN values are written as null.
+    /// `{"task","cell","backend",<settings>,"seconds","history":[{"step","loss","train_loss"
+    /// [,"epoch","perplexity"]}],"<final_metric>"[,"final_perplexity","sample"]}`; NaN values
+    /// are written as null, the bracketed fields only where they exist.
     pub fn to_json(&self) -> Value {
         let mut map = Map::new();
         map.insert("task".into(), json!(self.task));
@@ -52,11 +66,66 @@ impl TrainReport {
         let history: Vec<Value> = self
             .history
             .iter()
-            .map(|p| json!({"step": p.step, "loss": finite(p.loss), "train_loss": finite(p.train_loss)}))
+            .map(|p| {
+                let mut point = Map::new();
+                point.insert("step".into(), json!(p.step));
+                if let Some(epoch) = p.epoch {
+                    point.insert("epoch".into(), finite(epoch));
+                }
+                point.insert("loss".into(), finite(p.loss));
+                if let Some(ppl) = p.perplexity(&self.task) {
+                    point.insert("perplexity".into(), finite(ppl));
+                }
+                point.insert("train_loss".into(), finite(p.train_loss));
+                Value::Object(point)
+            })
             .collect();
         map.insert("history".into(), Value::Array(history));
         map.insert(self.final_metric.into(), finite(self.final_value));
+        if let Some(ppl) = self.final_perplexity() {
+            map.insert("final_perplexity".into(), finite(ppl));
+        }
+        if let Some(sample) = &self.sample {
+            map.insert("sample".into(), json!(sample));
+        }
         Value::Object(map)
+    }
+
+    /// Held-out perplexity after the last step (char-LM only).
+    pub fn final_perplexity(&self) -> Option<f64> {
+        self.history.last().and_then(|p| p.perplexity(&self.task))
+    }
+
+    /// Name of the held-out metric: `bits/char` or `MSE`.
+    pub fn metric_unit(&self) -> &'static str {
+        if self.task == "charlm" {
+            "bits/char"
+        } else {
+            "MSE"
+        }
+    }
+
+    /// One printable line per evaluation: step, epoch (if counted), held-out metric,
+    /// perplexity (char-LM) and the mean training loss since the previous evaluation.
+    pub fn history_lines(&self) -> Vec<String> {
+        let unit = self.metric_unit();
+        self.history
+            .iter()
+            .map(|p| {
+                let mut line = format!("step {:>6}", p.step);
+                if let Some(epoch) = p.epoch {
+                    line += &format!("  epoch {epoch:>6.2}");
+                }
+                line += &format!("  held-out {:.5} {unit}", p.loss);
+                if let Some(ppl) = p.perplexity(&self.task) {
+                    line += &format!("  perplexity {ppl:.3}");
+                }
+                if p.train_loss.is_finite() {
+                    line += &format!("  train {:.5}", p.train_loss);
+                }
+                line
+            })
+            .collect()
     }
 
     /// Writes [`TrainReport::to_json`] to `path`.
@@ -76,11 +145,7 @@ impl TrainReport {
             .iter()
             .map(|p| (p.step as f64, p.train_loss))
             .collect();
-        let metric = if self.task == "charlm" {
-            "bits/char"
-        } else {
-            "MSE"
-        };
+        let metric = self.metric_unit();
         plot_lines(
             path.as_ref(),
             &format!("{} {} ({})", self.task, self.cell, self.backend),
@@ -93,6 +158,36 @@ impl TrainReport {
             true,
         )
     }
+}
+
+/// PNG of the held-out loss of several runs on one chart (log10 y), one line per report,
+/// labelled by cell and backend; e.g. the adding problem with rnn_tanh, lstm and gru.
+pub fn plot_many(reports: &[&TrainReport], path: impl AsRef<Path>) -> Result<()> {
+    let path = path.as_ref();
+    let first = reports
+        .first()
+        .ok_or_else(|| RnnError::Config(format!("no reports to plot in {}", path.display())))?;
+    let series: Vec<(String, Vec<(f64, f64)>)> = reports
+        .iter()
+        .map(|r| {
+            let points = r.history.iter().map(|p| (p.step as f64, p.loss)).collect();
+            (format!("{} ({})", r.cell, r.backend), points)
+        })
+        .collect();
+    let seq_len = first
+        .settings
+        .iter()
+        .find(|(key, _)| key == "seq_len")
+        .map_or(String::new(), |(_, v)| format!(", T={v}"));
+    let metric = first.metric_unit();
+    plot_lines(
+        path,
+        &format!("{}{seq_len}: held-out {metric}", first.task),
+        "step",
+        &format!("log10 {metric}"),
+        &series,
+        true,
+    )
 }
 
 fn finite(v: f64) -> Value {

@@ -9,6 +9,7 @@ use super::model::{
 };
 use super::optim::{AdamConfig, Optimizer, OptimizerConfig};
 use super::report::{LossPoint, TrainReport};
+use super::sample::{sample_text, SampleOptions};
 use super::tasks::{adding_batch, CharCorpus, Split};
 use crate::config::CellKind;
 use crate::error::{Result, RnnError};
@@ -175,6 +176,9 @@ pub struct AddingOptions {
     pub eval_every: usize,
     /// Size of the fixed held-out batch.
     pub eval_batch: usize,
+    /// LSTM only: initial forget-gate bias ([`SeqModel::set_forget_bias`]); `None` keeps
+    /// torch's init.
+    pub forget_bias: Option<f64>,
 }
 
 impl Default for AddingOptions {
@@ -192,6 +196,7 @@ impl Default for AddingOptions {
             seed: 0,
             eval_every: 50,
             eval_batch: 512,
+            forget_bias: None,
         }
     }
 }
@@ -210,11 +215,12 @@ fn clip_of(clip: Option<f64>) -> Clip {
 /// Trains a cell on the adding problem (f32) and reports the held-out MSE. On the gpu backend
 /// the RNN runs on the GPU ([`GpuRunner`]); loss, clipping and the update run on the host.
 pub fn train_adding(opts: &AddingOptions) -> Result<TrainReport> {
-    check_positive(&[
-        ("steps", opts.steps),
-        ("eval_every", opts.eval_every),
-        ("eval_batch", opts.eval_batch),
-    ])?;
+    fit_adding(opts).map(|(_, report)| report)
+}
+
+/// The untrained adding-problem model of `opts`: the cell → linear(H, 1) on the last step,
+/// seeded init, with the forget-gate bias if one is set.
+pub(crate) fn adding_model(opts: &AddingOptions) -> Result<SeqModel<f32>> {
     let config = SeqModelConfig {
         cell: opts.cell,
         input: ModelInput::Features(2),
@@ -225,6 +231,20 @@ pub fn train_adding(opts: &AddingOptions) -> Result<TrainReport> {
         readout: Readout::LastStep,
     };
     let mut model = SeqModel::<f32>::init(&config, opts.seed)?;
+    if let Some(bias) = opts.forget_bias {
+        model.set_forget_bias(bias)?;
+    }
+    Ok(model)
+}
+
+/// [`train_adding`], also returning the trained model.
+pub(crate) fn fit_adding(opts: &AddingOptions) -> Result<(SeqModel<f32>, TrainReport)> {
+    check_positive(&[
+        ("steps", opts.steps),
+        ("eval_every", opts.eval_every),
+        ("eval_batch", opts.eval_batch),
+    ])?;
+    let mut model = adding_model(opts)?;
     let lens: Vec<usize> = model.tensors().iter().map(|t| t.len()).collect();
     let mut optimizer = Optimizer::new(OptimizerConfig::Adam(AdamConfig::new(opts.lr)), &lens)?;
     // The held-out batch comes from a generator stream training never uses.
@@ -241,6 +261,7 @@ pub fn train_adding(opts: &AddingOptions) -> Result<TrainReport> {
     let start = Instant::now();
     let mut history = vec![LossPoint {
         step: 0,
+        epoch: None,
         loss: evaluate(&mut runner, &model)?,
         train_loss: f64::NAN,
     }];
@@ -259,6 +280,7 @@ pub fn train_adding(opts: &AddingOptions) -> Result<TrainReport> {
         if (step + 1) % opts.eval_every == 0 || step + 1 == opts.steps {
             history.push(LossPoint {
                 step: step + 1,
+                epoch: None,
                 loss: evaluate(&mut runner, &model)?,
                 train_loss: interval.iter().sum::<f64>() / interval.len() as f64,
             });
@@ -266,7 +288,7 @@ pub fn train_adding(opts: &AddingOptions) -> Result<TrainReport> {
         }
     }
     let final_value = history.last().map_or(f64::NAN, |p| p.loss);
-    Ok(TrainReport {
+    let report = TrainReport {
         task: "adding".into(),
         cell: cell_name(opts.cell),
         backend: opts.backend.name().into(),
@@ -278,6 +300,7 @@ pub fn train_adding(opts: &AddingOptions) -> Result<TrainReport> {
             ("lr".into(), json!(opts.lr)),
             ("clip".into(), json!(opts.clip)),
             ("seed".into(), json!(opts.seed)),
+            ("forget_bias".into(), json!(opts.forget_bias)),
             (
                 "baseline_mse".into(),
                 json!(super::tasks::ADDING_BASELINE_MSE),
@@ -287,7 +310,9 @@ pub fn train_adding(opts: &AddingOptions) -> Result<TrainReport> {
         final_metric: "final_mse",
         final_value,
         seconds: start.elapsed().as_secs_f64(),
-    })
+        sample: None,
+    };
+    Ok((model, report))
 }
 
 /// `rnn_tanh`, `rnn_relu`, `lstm`, `gru`, …
@@ -321,15 +346,25 @@ pub struct CharLmOptions {
     pub clip: Option<f64>,
     pub backend: Backend,
     pub seed: u64,
-    pub eval_every: usize,
+    /// Evaluate on the held-out text every this many steps; `None`: at the end of every epoch
+    /// (one epoch = ⌈training characters / (batch · seq_len)⌉ steps: as many characters as
+    /// the training split holds, drawn as random windows). Always also after the last step.
+    pub eval_every: Option<usize>,
     /// Fraction of the text held out (its tail).
     pub held_out_fraction: f64,
     /// If set, the final model and optimizer state are saved here.
     pub checkpoint: Option<PathBuf>,
+    /// Characters sampled from the final model into [`TrainReport::sample`] (0: no sample).
+    pub sample_len: usize,
+    /// Fed to the model before sampling; the sample starts with it.
+    pub sample_prime: String,
+    /// Sampling temperature (> 0); the sampler is seeded from `seed`.
+    pub temperature: f64,
 }
 
 impl Default for CharLmOptions {
-    /// 2-layer LSTM, E = 32, H = 128, dropout 0.1, T = 64, B = 32, 300 steps of Adam at 3e-3.
+    /// 2-layer LSTM, E = 32, H = 128, dropout 0.1, T = 64, B = 32, 300 steps of Adam at 3e-3,
+    /// evaluated every epoch; 200 characters sampled at temperature 0.8 after the prime "The ".
     fn default() -> Self {
         CharLmOptions {
             text: None,
@@ -345,17 +380,26 @@ impl Default for CharLmOptions {
             clip: Some(1.0),
             backend: Backend::Cpu,
             seed: 0,
-            eval_every: 50,
+            eval_every: None,
             held_out_fraction: 0.1,
             checkpoint: None,
+            sample_len: 200,
+            sample_prime: "The ".into(),
+            temperature: 0.8,
         }
     }
 }
 
-/// Trains a character-level language model (f32) and reports held-out bits per character.
-/// On the gpu backend the RNN layers run on the GPU; everything else on the host.
+/// Trains a character-level language model (f32) and reports held-out bits per character and
+/// perplexity per evaluation, then samples text from the final model (CPU). On the gpu backend
+/// the RNN layers run on the GPU; everything else on the host.
 pub fn train_charlm(opts: &CharLmOptions) -> Result<TrainReport> {
-    check_positive(&[("steps", opts.steps), ("eval_every", opts.eval_every)])?;
+    check_positive(&[
+        ("steps", opts.steps),
+        ("batch", opts.batch),
+        ("seq_len", opts.seq_len),
+        ("eval_every", opts.eval_every.unwrap_or(1)),
+    ])?;
     let text = match &opts.text {
         Some(path) => std::fs::read_to_string(path).map_err(|e| RnnError::io(path, e))?,
         None => BUNDLED_TEXT.to_string(),
@@ -379,6 +423,10 @@ pub fn train_charlm(opts: &CharLmOptions) -> Result<TrainReport> {
     let mut optimizer = Optimizer::new(OptimizerConfig::Adam(AdamConfig::new(opts.lr)), &lens)?;
     let eval_batches =
         corpus.sequential_batches(Split::HeldOut, opts.seq_len, opts.batch.min(8))?;
+    let chars_per_step = opts.batch * opts.seq_len;
+    let epoch_steps = corpus.train.len().div_ceil(chars_per_step);
+    let eval_every = opts.eval_every.unwrap_or(epoch_steps);
+    let epoch_at = |step: usize| Some((step * chars_per_step) as f64 / corpus.train.len() as f64);
     let mut runner = Runner::new(opts.backend, &model)?;
     let evaluate = |runner: &mut Runner, model: &SeqModel<f32>| -> Result<f64> {
         let mut total = 0.0;
@@ -390,6 +438,7 @@ pub fn train_charlm(opts: &CharLmOptions) -> Result<TrainReport> {
     let start = Instant::now();
     let mut history = vec![LossPoint {
         step: 0,
+        epoch: epoch_at(0),
         loss: evaluate(&mut runner, &model)?,
         train_loss: f64::NAN,
     }];
@@ -415,18 +464,34 @@ pub fn train_charlm(opts: &CharLmOptions) -> Result<TrainReport> {
             }),
         )?;
         interval.push(nats_to_bits(stats.loss));
-        if (step + 1) % opts.eval_every == 0 || step + 1 == opts.steps {
+        if (step + 1) % eval_every == 0 || step + 1 == opts.steps {
             history.push(LossPoint {
                 step: step + 1,
+                epoch: epoch_at(step + 1),
                 loss: evaluate(&mut runner, &model)?,
                 train_loss: interval.iter().sum::<f64>() / interval.len() as f64,
             });
             interval.clear();
         }
     }
+    let seconds = start.elapsed().as_secs_f64();
     if let Some(path) = &opts.checkpoint {
         super::checkpoint::save_checkpoint(path, &model, &optimizer)?;
     }
+    let sample = (opts.sample_len > 0)
+        .then(|| {
+            sample_text(
+                &model,
+                &corpus.vocab,
+                &SampleOptions {
+                    prime: opts.sample_prime.clone(),
+                    len: opts.sample_len,
+                    temperature: opts.temperature,
+                    seed: opts.seed,
+                },
+            )
+        })
+        .transpose()?;
     let final_value = history.last().map_or(f64::NAN, |p| p.loss);
     Ok(TrainReport {
         task: "charlm".into(),
@@ -446,10 +511,15 @@ pub fn train_charlm(opts: &CharLmOptions) -> Result<TrainReport> {
             ("lr".into(), json!(opts.lr)),
             ("clip".into(), json!(opts.clip)),
             ("seed".into(), json!(opts.seed)),
+            ("epoch_steps".into(), json!(epoch_steps)),
+            ("eval_every".into(), json!(eval_every)),
+            ("sample_prime".into(), json!(opts.sample_prime)),
+            ("temperature".into(), json!(opts.temperature)),
         ],
         history,
         final_metric: "final_bpc",
         final_value,
-        seconds: start.elapsed().as_secs_f64(),
+        seconds,
+        sample,
     })
 }
