@@ -1,5 +1,6 @@
-//! Trains a 2-layer LSTM character model on the bundled public-domain text (CPU) and reports
-//! held-out bits per character. `cargo run --release --example charlm [-- steps [text.txt]]`
+//! Trains a 2-layer LSTM character model on the bundled public-domain text (CPU), reports
+//! held-out bits per character and perplexity every epoch, and samples 200 characters.
+//! `cargo run --release --example charlm [-- steps [text.txt]]`
 
 use wgpu_rnn::train::{train_charlm, CharLmOptions};
 
@@ -11,13 +12,18 @@ fn main() -> wgpu_rnn::Result<()> {
     }
     opts.text = args.next().map(Into::into);
     let report = train_charlm(&opts)?;
-    for p in &report.history {
-        println!("step {:5}  held-out {:.3} bits/char", p.step, p.loss);
+    for line in report.history_lines() {
+        println!("{line}");
     }
     println!(
-        "final {:.3} bits/char in {:.1} s",
-        report.final_value, report.seconds
+        "final {:.3} bits/char, perplexity {:.2}, in {:.1} s",
+        report.final_value,
+        report.final_perplexity().unwrap_or(f64::NAN),
+        report.seconds
     );
+    if let Some(sample) = &report.sample {
+        println!("sample (temperature {}):\n{sample}", opts.temperature);
+    }
     report.write_json("charlm.json")?;
     report.plot("charlm.png")?;
     println!("wrote charlm.json, charlm.png");

@@ -66,16 +66,20 @@ struct ForwardStep {
     // Column offset d·H and row length D·H of the output.
     out_col: u32,
     out_stride: u32,
+    // Time indices of this step's rows in xproj and in output: t minus the first time of the
+    // chunk the buffer holds (0 for a buffer holding all T).
+    xproj_t: u32,
+    out_t: u32,
 }
 
 @group(0) @binding(0) var<uniform> fp: ForwardStep;
-@group(0) @binding(1) var<storage, read> xproj: array<f32>;              // (T, B, G·H): x·W_ihᵀ + b_ih
+@group(0) @binding(1) var<storage, read> xproj: array<f32>;              // (T_c, B, G·H): x·W_ihᵀ + b_ih of one chunk
 @group(0) @binding(2) var<storage, read> w_hh: array<f32>;               // (G·H, H)
 @group(0) @binding(3) var<storage, read> b_hh: array<f32>;               // (G·H)
 @group(0) @binding(4) var<storage, read> lengths: array<u32>;            // (B)
 @group(0) @binding(5) var<storage, read_write> h_states: array<f32>;     // (slots, B, H)
 @group(0) @binding(6) var<storage, read_write> c_states: array<f32>;     // (slots, B, H), LSTM only
-@group(0) @binding(7) var<storage, read_write> output: array<f32>;       // (T, B, D·H)
+@group(0) @binding(7) var<storage, read_write> output: array<f32>;       // (T or T_c, B, D·H)
 @group(0) @binding(8) var<storage, read_write> saved: array<f32>;        // (T, B, S·H), training only
 
 var<workgroup> h_tile: array<f32, WB * TK>;           // (WB, TK) of h_{t-1}
@@ -140,12 +144,12 @@ fn forward_step(
     if HAS_C {
         c_prev = c_states[prev];
     }
-    let out_index = row * fp.out_stride + fp.out_col + j;
+    let out_index = (fp.out_t * B + b) * fp.out_stride + fp.out_col + j;
     if t < lengths[b] {
         var xg = array<f32, 4>(0.0, 0.0, 0.0, 0.0);
         var hg = array<f32, 4>(0.0, 0.0, 0.0, 0.0);
         for (var g = 0u; g < GATES; g++) {
-            xg[g] = xproj[row * GH + g * H + j];
+            xg[g] = xproj[(fp.xproj_t * B + b) * GH + g * H + j];
             hg[g] = acc[g] + b_hh[g * H + j];
         }
         let cell = cell_forward(xg, hg, h_prev, c_prev);

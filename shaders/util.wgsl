@@ -1,6 +1,7 @@
 // Utility kernels on flat row-major f32 buffers.
 //
-// Every entry point takes one invocation per output element. Dispatch
+// Every entry point takes one invocation per output element and its parameters at binding 0
+// (as every kernel of this crate: the sequence recorder binds them at a dynamic offset). Dispatch
 // ceil(n / WORKGROUP_SIZE) workgroups split over (x, y) when that exceeds the per-dimension
 // limit (GpuContext::grid_1d); the flat index is id.x + id.y * num_workgroups.x * WORKGROUP_SIZE.
 
@@ -17,8 +18,8 @@ struct FillParams {
     value: f32,
 }
 
-@group(0) @binding(0) var<storage, read_write> fill_out: array<f32>; // (len,)
-@group(0) @binding(1) var<uniform> fill_params: FillParams;
+@group(0) @binding(0) var<uniform> fill_params: FillParams;
+@group(0) @binding(1) var<storage, read_write> fill_out: array<f32>; // (len,)
 
 @compute @workgroup_size(WORKGROUP_SIZE)
 fn fill(@builtin(global_invocation_id) id: vec3u, @builtin(num_workgroups) groups: vec3u) {
@@ -37,9 +38,9 @@ struct TransposeParams {
     f: u32,
 }
 
-@group(0) @binding(0) var<storage, read> transpose_in: array<f32>; // (A, B, F)
-@group(0) @binding(1) var<storage, read_write> transpose_out: array<f32>; // (B, A, F)
-@group(0) @binding(2) var<uniform> transpose_params: TransposeParams;
+@group(0) @binding(0) var<uniform> transpose_params: TransposeParams;
+@group(0) @binding(1) var<storage, read> transpose_in: array<f32>; // (A, B, F)
+@group(0) @binding(2) var<storage, read_write> transpose_out: array<f32>; // (B, A, F)
 
 @compute @workgroup_size(WORKGROUP_SIZE)
 fn transpose(@builtin(global_invocation_id) id: vec3u, @builtin(num_workgroups) groups: vec3u) {

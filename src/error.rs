@@ -37,9 +37,12 @@ pub enum RnnError {
     /// A fixture file's metadata is missing or unknown.
     #[error("fixture metadata: {0}")]
     Metadata(String),
-    /// The safetensors container could not be read or written.
-    #[error("safetensors: {0}")]
-    SafeTensors(#[from] safetensors::SafeTensorError),
+    /// A safetensors file could not be parsed or written.
+    #[error("{path}: safetensors: {source}")]
+    SafeTensors {
+        path: String,
+        source: safetensors::SafeTensorError,
+    },
     /// A file could not be read or written.
     #[error("{path}: {source}")]
     Io {
@@ -70,6 +73,17 @@ impl RnnError {
             tensor: tensor.into(),
             expected: expected.to_vec(),
             got: got.to_vec(),
+        }
+    }
+
+    /// Safetensors error helper that keeps the path.
+    pub fn safetensors(
+        path: impl AsRef<std::path::Path>,
+        source: safetensors::SafeTensorError,
+    ) -> Self {
+        RnnError::SafeTensors {
+            path: path.as_ref().display().to_string(),
+            source,
         }
     }
 

@@ -8,7 +8,7 @@ use crate::params::RnnParams;
 use crate::scalar::Scalar;
 use crate::tensorfile;
 use ndarray::{Array3, ArrayD, ArrayView, ArrayViewD, Dimension, Ix3};
-use safetensors::{Dtype, SafeTensors};
+use safetensors::Dtype;
 use serde_json::Value;
 use std::collections::HashMap;
 use std::fmt;
@@ -59,9 +59,8 @@ impl<F: Scalar> Fixture<F> {
     pub fn load(path: impl AsRef<Path>) -> Result<Self> {
         let path = path.as_ref();
         let bytes = tensorfile::read_bytes(path)?;
-        let (_, header) = SafeTensors::read_metadata(&bytes)?;
-        let metadata = Metadata(header.metadata().clone().unwrap_or_default());
-        let file = SafeTensors::deserialize(&bytes)?;
+        let metadata = Metadata(tensorfile::metadata(path, &bytes)?);
+        let file = tensorfile::parse(path, &bytes)?;
         let config = metadata.config()?;
         let (t, b) = (metadata.usize("seq_len")?, metadata.usize("batch")?);
         let has_h0 = metadata.bool("has_h0")?;

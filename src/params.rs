@@ -6,7 +6,6 @@ use crate::scalar::Scalar;
 use crate::tensorfile;
 use ndarray::{Array1, Array2, ArrayD, ArrayViewMutD};
 use rand::{RngExt, SeedableRng};
-use safetensors::SafeTensors;
 use std::collections::HashMap;
 use std::path::Path;
 
@@ -185,8 +184,9 @@ impl<F: Scalar> RnnParams<F> {
 
     /// Loads a torch state_dict saved as safetensors (f32 or f64).
     pub fn load_safetensors(config: &RnnConfig, path: impl AsRef<Path>) -> Result<Self> {
-        let bytes = tensorfile::read_bytes(path.as_ref())?;
-        let file = SafeTensors::deserialize(&bytes)?;
+        let path = path.as_ref();
+        let bytes = tensorfile::read_bytes(path)?;
+        let file = tensorfile::parse(path, &bytes)?;
         Self::from_named(config, &tensorfile::all_arrays(&file)?)
     }
 

@@ -13,6 +13,18 @@ pub fn read_bytes(path: &Path) -> Result<Vec<u8>> {
     std::fs::read(path).map_err(|e| RnnError::io(path, e))
 }
 
+/// Parses a safetensors file read from `path`.
+pub fn parse<'a>(path: &Path, bytes: &'a [u8]) -> Result<SafeTensors<'a>> {
+    SafeTensors::deserialize(bytes).map_err(|e| RnnError::safetensors(path, e))
+}
+
+/// The header's `__metadata__` of a safetensors file read from `path` (empty when absent).
+pub fn metadata(path: &Path, bytes: &[u8]) -> Result<HashMap<String, String>> {
+    let (_, header) =
+        SafeTensors::read_metadata(bytes).map_err(|e| RnnError::safetensors(path, e))?;
+    Ok(header.metadata().clone().unwrap_or_default())
+}
+
 /// Converts one stored tensor (f32, f64 or i64) to an array of `F`.
 pub fn view_to_array<F: Scalar>(name: &str, view: &TensorView<'_>) -> Result<ArrayD<F>> {
     let data = view.data();
@@ -67,11 +79,13 @@ pub fn write_arrays<F: Scalar>(
         .map(|(name, data, shape)| {
             Ok((
                 name.as_str(),
-                TensorView::new(F::DTYPE, shape.clone(), data)?,
+                TensorView::new(F::DTYPE, shape.clone(), data)
+                    .map_err(|e| RnnError::safetensors(path, e))?,
             ))
         })
         .collect::<Result<Vec<_>>>()?;
-    let out = safetensors::serialize(views, metadata)?;
+    let out =
+        safetensors::serialize(views, metadata).map_err(|e| RnnError::safetensors(path, e))?;
     // Write to a temporary file first so that a failure never truncates an existing file.
     let tmp = path.with_extension("safetensors.tmp");
     std::fs::write(&tmp, out).map_err(|e| RnnError::io(&tmp, e))?;

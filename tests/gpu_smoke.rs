@@ -86,7 +86,7 @@ fn gpu_transpose(
         ctx,
         "transpose",
         workgroup_size,
-        &[x.buffer(), out.buffer(), &params],
+        &[&params, x.buffer(), out.buffer()],
         a * b * f,
     )
     .unwrap();
@@ -184,7 +184,7 @@ fn fill_kernel_writes_exactly_len_elements() {
     for &len in &ODD_LENGTHS {
         let out = GpuTensor::filled(&ctx, "fill output", &[len + 1], f32::NAN).unwrap();
         let params = uniform(&ctx, &[len as u32, 2.5f32.to_bits()]);
-        dispatch(&ctx, "fill", 64, &[out.buffer(), &params], len).unwrap();
+        dispatch(&ctx, "fill", 64, &[&params, out.buffer()], len).unwrap();
         let got = out.to_vec(&ctx).unwrap();
         let mut want = vec![2.5; len];
         want.push(f32::NAN);

@@ -177,17 +177,29 @@ pub struct PipelineKey {
     pub constants: Vec<(&'static str, f64)>,
 }
 
+/// The bind group layout of a cached pipeline.
+#[derive(Clone, PartialEq, Eq, Hash)]
+enum LayoutKind {
+    /// wgpu's automatic layout.
+    Automatic,
+    /// Binding 0: a uniform read at a dynamic offset; bindings 1..: storage buffers, `true`
+    /// where read-only.
+    DynamicUniform(Vec<bool>),
+}
+
 #[derive(Clone, PartialEq, Eq, Hash)]
 struct CacheKey {
     source_addr: usize,
     source_len: usize,
     entry: &'static str,
     constants: Vec<(&'static str, u64)>,
+    layout: LayoutKind,
 }
 
 impl CacheKey {
-    fn new(key: &PipelineKey) -> Self {
+    fn new(key: &PipelineKey, layout: LayoutKind) -> Self {
         CacheKey {
+            layout,
             source_addr: key.source.as_ptr() as usize,
             source_len: key.source.len(),
             entry: key.entry,
@@ -325,17 +337,43 @@ impl GpuContext {
     /// uses (unused ones are not in the layout). Shader or pipeline errors are returned as
     /// [`RnnError::Device`] naming the kernel, and are not cached.
     pub fn pipeline(&self, key: &PipelineKey) -> Result<Arc<wgpu::ComputePipeline>> {
-        let cache_key = CacheKey::new(key);
+        self.cached_pipeline(key, LayoutKind::Automatic)
+    }
+
+    /// Like [`GpuContext::pipeline`], from the same cache, with an explicit layout of group 0:
+    /// binding 0 a uniform read at a dynamic offset, then one storage binding per entry of
+    /// `storage_read_only` (`true` where read-only). Its layout is
+    /// `pipeline.get_bind_group_layout(0)`.
+    pub(crate) fn dynamic_uniform_pipeline(
+        &self,
+        key: &PipelineKey,
+        storage_read_only: &[bool],
+    ) -> Result<Arc<wgpu::ComputePipeline>> {
+        self.cached_pipeline(key, LayoutKind::DynamicUniform(storage_read_only.to_vec()))
+    }
+
+    fn cached_pipeline(
+        &self,
+        key: &PipelineKey,
+        layout: LayoutKind,
+    ) -> Result<Arc<wgpu::ComputePipeline>> {
+        let cache_key = CacheKey::new(key, layout);
         if let Some(pipeline) = lock(&self.pipelines).get(&cache_key) {
             return Ok(Arc::clone(pipeline));
         }
         let scope = self.device.push_error_scope(wgpu::ErrorFilter::Validation);
         let module = self.module(key);
+        let pipeline_layout = match &cache_key.layout {
+            LayoutKind::Automatic => None,
+            LayoutKind::DynamicUniform(read_only) => {
+                Some(self.dynamic_uniform_layout(key.label, read_only))
+            }
+        };
         let pipeline = self
             .device
             .create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
                 label: Some(key.label),
-                layout: None,
+                layout: pipeline_layout.as_ref(),
                 module: &module,
                 entry_point: Some(key.entry),
                 compilation_options: wgpu::PipelineCompilationOptions {
@@ -354,6 +392,37 @@ impl GpuContext {
         let pipeline = Arc::new(pipeline);
         lock(&self.pipelines).insert(cache_key, Arc::clone(&pipeline));
         Ok(pipeline)
+    }
+
+    fn dynamic_uniform_layout(&self, label: &str, read_only: &[bool]) -> wgpu::PipelineLayout {
+        let buffer = |binding: usize, ty, has_dynamic_offset| wgpu::BindGroupLayoutEntry {
+            binding: binding as u32,
+            visibility: wgpu::ShaderStages::COMPUTE,
+            ty: wgpu::BindingType::Buffer {
+                ty,
+                has_dynamic_offset,
+                min_binding_size: None,
+            },
+            count: None,
+        };
+        let entries: Vec<wgpu::BindGroupLayoutEntry> =
+            std::iter::once(buffer(0, wgpu::BufferBindingType::Uniform, true))
+                .chain(read_only.iter().enumerate().map(|(i, &read_only)| {
+                    buffer(i + 1, wgpu::BufferBindingType::Storage { read_only }, false)
+                }))
+                .collect();
+        let layout = self
+            .device
+            .create_bind_group_layout(&wgpu::BindGroupLayoutDescriptor {
+                label: Some(label),
+                entries: &entries,
+            });
+        self.device
+            .create_pipeline_layout(&wgpu::PipelineLayoutDescriptor {
+                label: Some(label),
+                bind_group_layouts: &[Some(&layout)],
+                immediate_size: 0,
+            })
     }
 
     fn module(&self, key: &PipelineKey) -> wgpu::ShaderModule {

@@ -3,12 +3,12 @@
 //!
 //! Every kernel reads its parameters from binding 0, a uniform at a dynamic offset into one
 //! buffer that holds the parameters of every dispatch of the pass. That needs explicit bind
-//! group layouts (automatic layouts have no dynamic offsets), so the pipelines are built here
-//! rather than through [`GpuContext::pipeline`].
+//! group layouts (automatic layouts have no dynamic offsets); the pipelines come from the
+//! context's cache ([`GpuContext::dynamic_uniform_pipeline`]), shared by every model on it.
 
 use std::sync::Arc;
 
-use super::context::GpuContext;
+use super::context::{GpuContext, PipelineKey};
 use crate::config::{CellKind, Nonlinearity};
 use crate::error::{Result, RnnError};
 
@@ -58,6 +58,8 @@ fn cell_constants(cell: CellKind) -> Vec<(&'static str, f64)> {
 pub(crate) const STEP_TILE: (usize, usize) = (64, 4);
 /// Output tile of gemm.wgsl (rows and columns).
 pub(crate) const GEMM_TILE: usize = 64;
+/// Invocations per workgroup of util.wgsl `transpose`.
+const TRANSPOSE_WORKGROUP: usize = 256;
 /// Columns per workgroup of reduce.wgsl.
 pub(crate) const REDUCE_TILE: usize = 64;
 
@@ -65,7 +67,7 @@ pub(crate) const REDUCE_TILE: usize = 64;
 #[derive(Debug)]
 pub(crate) struct Kernel {
     label: &'static str,
-    pipeline: wgpu::ComputePipeline,
+    pipeline: Arc<wgpu::ComputePipeline>,
     layout: wgpu::BindGroupLayout,
     storage_bindings: usize,
 }
@@ -76,64 +78,18 @@ impl Kernel {
         label: &'static str,
         source: &'static str,
         entry: &'static str,
-        constants: &[(&'static str, f64)],
+        constants: Vec<(&'static str, f64)>,
         storage: &[Access],
     ) -> Result<Self> {
-        let device = ctx.device();
-        let mut entries = vec![wgpu::BindGroupLayoutEntry {
-            binding: 0,
-            visibility: wgpu::ShaderStages::COMPUTE,
-            ty: wgpu::BindingType::Buffer {
-                ty: wgpu::BufferBindingType::Uniform,
-                has_dynamic_offset: true,
-                min_binding_size: None,
-            },
-            count: None,
-        }];
-        for (i, access) in storage.iter().enumerate() {
-            entries.push(wgpu::BindGroupLayoutEntry {
-                binding: i as u32 + 1,
-                visibility: wgpu::ShaderStages::COMPUTE,
-                ty: wgpu::BindingType::Buffer {
-                    ty: wgpu::BufferBindingType::Storage {
-                        read_only: *access == Read,
-                    },
-                    has_dynamic_offset: false,
-                    min_binding_size: None,
-                },
-                count: None,
-            });
-        }
-        let scope = device.push_error_scope(wgpu::ErrorFilter::Validation);
-        let layout = device.create_bind_group_layout(&wgpu::BindGroupLayoutDescriptor {
-            label: Some(label),
-            entries: &entries,
-        });
-        let pipeline_layout = device.create_pipeline_layout(&wgpu::PipelineLayoutDescriptor {
-            label: Some(label),
-            bind_group_layouts: &[Some(&layout)],
-            immediate_size: 0,
-        });
-        let module = device.create_shader_module(wgpu::ShaderModuleDescriptor {
-            label: Some(label),
-            source: wgpu::ShaderSource::Wgsl(source.into()),
-        });
-        let pipeline = device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
-            label: Some(label),
-            layout: Some(&pipeline_layout),
-            module: &module,
-            entry_point: Some(entry),
-            compilation_options: wgpu::PipelineCompilationOptions {
-                constants,
-                zero_initialize_workgroup_memory: true,
-            },
-            cache: None,
-        });
-        if let Some(error) = pollster::block_on(scope.pop()) {
-            return Err(RnnError::Device(format!(
-                "kernel `{label}` entry `{entry}`: {error}"
-            )));
-        }
+        let key = PipelineKey {
+            label,
+            source,
+            entry,
+            constants,
+        };
+        let read_only: Vec<bool> = storage.iter().map(|&a| a == Read).collect();
+        let pipeline = ctx.dynamic_uniform_pipeline(&key, &read_only)?;
+        let layout = pipeline.get_bind_group_layout(0);
         Ok(Kernel {
             label,
             pipeline,
@@ -143,7 +99,7 @@ impl Kernel {
     }
 }
 
-/// Every kernel one model needs, compiled once.
+/// Every kernel one model needs, taken from the context's pipeline cache.
 #[derive(Debug)]
 pub(crate) struct CellKernels {
     /// recurrent.wgsl `forward_step`: one time step of one layer and direction.
@@ -154,6 +110,8 @@ pub(crate) struct CellKernels {
     pub gemm: Kernel,
     /// reduce.wgsl: column sums.
     pub column_sum: Kernel,
+    /// util.wgsl: swaps the two leading axes (seq-major <-> batch-first).
+    pub transpose: Kernel,
 }
 
 impl CellKernels {
@@ -166,7 +124,7 @@ impl CellKernels {
                 cell.name(),
                 source,
                 "forward_step",
-                &constants,
+                constants.clone(),
                 &[
                     Read, Read, Read, Read, ReadWrite, ReadWrite, ReadWrite, ReadWrite,
                 ],
@@ -176,7 +134,7 @@ impl CellKernels {
                 cell.name(),
                 source,
                 "backward_step",
-                &constants,
+                constants,
                 &[Read, Read, Read, Read, Read, Read, ReadWrite, ReadWrite],
             )?,
             gemm: Kernel::new(
@@ -184,7 +142,7 @@ impl CellKernels {
                 "gemm",
                 include_str!("../../shaders/gemm.wgsl"),
                 "gemm",
-                &[],
+                Vec::new(),
                 &[Read, Read, Read, ReadWrite],
             )?,
             column_sum: Kernel::new(
@@ -192,7 +150,15 @@ impl CellKernels {
                 "column_sum",
                 include_str!("../../shaders/reduce.wgsl"),
                 "column_sum",
-                &[],
+                Vec::new(),
+                &[Read, ReadWrite],
+            )?,
+            transpose: Kernel::new(
+                ctx,
+                "util",
+                include_str!("../../shaders/util.wgsl"),
+                "transpose",
+                vec![("WORKGROUP_SIZE", TRANSPOSE_WORKGROUP as f64)],
                 &[Read, ReadWrite],
             )?,
         }))
@@ -261,7 +227,13 @@ struct BufferCopy {
     size: u64,
 }
 
-/// Records copies, then one compute pass of dispatches, then copies, and submits them at once.
+/// Dispatches per submit on wgpu's GL backend. It holds one context lock for a whole submit and
+/// panics when another thread waits for that lock more than 6 s, which a software GL
+/// (llvmpipe) takes for a few thousand dispatches: smaller submits keep each hold short.
+const GL_DISPATCHES_PER_SUBMIT: usize = 256;
+
+/// Records copies, then one compute pass of dispatches, then copies, and submits them at once
+/// (in submits of [`GL_DISPATCHES_PER_SUBMIT`] dispatches on the GL backend).
 ///
 /// Offsets and sizes given to it are in f32 elements.
 pub(crate) struct Recorder<'k> {
@@ -276,9 +248,14 @@ pub(crate) struct Recorder<'k> {
 
 const F32: u64 = 4;
 
+/// Bytes of the parameter buffer per dispatch.
+pub(crate) fn param_stride(ctx: &GpuContext) -> usize {
+    (ctx.limits().min_uniform_buffer_offset_alignment as usize).max(64)
+}
+
 impl<'k> Recorder<'k> {
     pub fn new(ctx: &'k GpuContext) -> Self {
-        let stride = (ctx.limits().min_uniform_buffer_offset_alignment as usize).max(64);
+        let stride = param_stride(ctx);
         Recorder {
             ctx,
             params: Vec::new(),
@@ -373,6 +350,26 @@ impl<'k> Recorder<'k> {
         )
     }
 
+    /// Queues a transpose of `src` (A, B, F) into `dst` (B, A, F).
+    pub fn transpose(
+        &mut self,
+        kernels: &'k CellKernels,
+        src: &wgpu::Buffer,
+        dst: &wgpu::Buffer,
+        (a, b, f): (usize, usize, usize),
+    ) -> Result<()> {
+        let binding = self.bind(&kernels.transpose, &[src, dst]);
+        let (x, y) = self
+            .ctx
+            .grid_1d((a * b * f).div_ceil(TRANSPOSE_WORKGROUP))?;
+        self.dispatch(
+            &kernels.transpose,
+            binding,
+            &[a, b, f],
+            (x as usize, y as usize),
+        )
+    }
+
     /// Queues a copy of `len` elements to run before the compute pass.
     pub fn copy_before(
         &mut self,
@@ -443,44 +440,57 @@ impl<'k> Recorder<'k> {
                 })
             })
             .collect();
-        let mut encoder = device.create_command_encoder(&wgpu::CommandEncoderDescriptor {
-            label: Some("sequence"),
-        });
-        for c in &self.before {
-            encoder.copy_buffer_to_buffer(
-                &c.source,
-                c.source_offset,
-                &c.destination,
-                c.destination_offset,
-                c.size,
-            );
-        }
-        {
-            let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
+        let per_submit = if self.ctx.adapter_info().backend == wgpu::Backend::Gl {
+            GL_DISPATCHES_PER_SUBMIT
+        } else {
+            usize::MAX
+        };
+        let groups: Vec<&[Dispatch]> = if self.dispatches.is_empty() {
+            vec![&[]]
+        } else {
+            self.dispatches.chunks(per_submit).collect()
+        };
+        let last = groups.len() - 1;
+        for (index, group) in groups.into_iter().enumerate() {
+            let mut encoder = device.create_command_encoder(&wgpu::CommandEncoderDescriptor {
                 label: Some("sequence"),
-                timestamp_writes: None,
             });
-            let mut current: Option<&wgpu::ComputePipeline> = None;
-            for d in &self.dispatches {
-                if current != Some(&d.kernel.pipeline) {
-                    pass.set_pipeline(&d.kernel.pipeline);
-                    current = Some(&d.kernel.pipeline);
-                }
-                pass.set_bind_group(0, &bind_groups[d.binding.0], &[d.param_offset]);
-                pass.dispatch_workgroups(d.groups.0, d.groups.1, 1);
+            if index == 0 {
+                encode_copies(&mut encoder, &self.before);
             }
+            {
+                let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
+                    label: Some("sequence"),
+                    timestamp_writes: None,
+                });
+                let mut current: Option<&wgpu::ComputePipeline> = None;
+                for d in group {
+                    if current != Some(&*d.kernel.pipeline) {
+                        pass.set_pipeline(&d.kernel.pipeline);
+                        current = Some(&*d.kernel.pipeline);
+                    }
+                    pass.set_bind_group(0, &bind_groups[d.binding.0], &[d.param_offset]);
+                    pass.dispatch_workgroups(d.groups.0, d.groups.1, 1);
+                }
+            }
+            if index == last {
+                encode_copies(&mut encoder, &self.after);
+            }
+            self.ctx.queue().submit([encoder.finish()]);
         }
-        for c in &self.after {
-            encoder.copy_buffer_to_buffer(
-                &c.source,
-                c.source_offset,
-                &c.destination,
-                c.destination_offset,
-                c.size,
-            );
-        }
-        self.ctx.queue().submit([encoder.finish()]);
         Ok(())
+    }
+}
+
+fn encode_copies(encoder: &mut wgpu::CommandEncoder, copies: &[BufferCopy]) {
+    for c in copies {
+        encoder.copy_buffer_to_buffer(
+            &c.source,
+            c.source_offset,
+            &c.destination,
+            c.destination_offset,
+            c.size,
+        );
     }
 }
 

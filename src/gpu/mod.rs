@@ -8,4 +8,7 @@ mod sequence;
 
 pub use buffer::GpuTensor;
 pub use context::{enumerate_adapters, AdapterSummary, GpuContext, GpuOptions, PipelineKey};
-pub use model::{GpuRnn, GpuStream, GpuTape};
+pub use model::{
+    GpuForwardOutput, GpuGradients, GpuLayerGradients, GpuRnn, GpuSequenceBatch, GpuStream,
+    GpuTape, GpuUpstreamGrads,
+};

@@ -1,5 +1,10 @@
 //! The public GPU model: whole-sequence forward, training forward with a tape kept on the GPU,
 //! backward (BPTT), and streaming inference. f32 throughout.
+//!
+//! The GPU-resident API ([`GpuRnn::forward_gpu`], [`GpuRnn::forward_train_gpu`],
+//! [`GpuRnn::backward_gpu`]) takes and returns [`GpuTensor`]s: results stay on the GPU and can
+//! be fed to the next call or bound by the application's own shaders; nothing is read back
+//! unless asked (`to_host`). The ndarray API is a thin wrapper: upload, the same call, readback.
 
 use std::sync::Arc;
 
@@ -8,15 +13,20 @@ use wgpu::util::DeviceExt;
 
 use super::buffer::GpuTensor;
 use super::context::GpuContext;
-use super::kernels::{CellKernels, Recorder};
+use super::kernels::{param_stride, CellKernels, GEMM_TILE};
 use super::sequence::{
-    grad_offsets, output_tensor, record_backward, record_forward, BackwardWorkspace, Dims,
-    ForwardWorkspace, LayerWeights, StateIo, StateLayout, UpstreamIo,
+    output_tensor, run_backward, run_forward, BackwardIo, BackwardWorkspace, Dims, ForwardIo,
+    ForwardWorkspace, LayerGradIo, LayerWeights, StateLayout,
 };
-use crate::batch::{check_params, ForwardOutput, Gradients, SequenceBatch, UpstreamGrads};
+use crate::batch::{
+    check_lengths, check_params, ForwardOutput, Gradients, SequenceBatch, UpstreamGrads,
+};
 use crate::config::RnnConfig;
 use crate::error::{check_shape, Result, RnnError};
-use crate::params::RnnParams;
+use crate::params::{LayerParams, RnnParams};
+
+/// Default upper bound of one input-projection chunk (T_c, B, G·H) in bytes, for inference.
+const XPROJ_CHUNK_BYTES: usize = 64 << 20;
 
 /// An RNN, LSTM or GRU whose weights live on the GPU (uploaded once, per layer and direction).
 #[derive(Debug)]
@@ -26,15 +36,231 @@ pub struct GpuRnn {
     weights: Arc<Vec<LayerWeights>>,
     kernels: Arc<CellKernels>,
     poison: bool,
+    /// Time steps per inference chunk; `None`: as many as fit [`XPROJ_CHUNK_BYTES`].
+    time_chunk: Option<usize>,
+}
+
+/// One forward call's inputs, on the GPU. Shapes as [`SequenceBatch`]; values are not checked
+/// for NaN (that would need a readback).
+#[derive(Clone, Copy, Debug)]
+pub struct GpuSequenceBatch<'a> {
+    /// (T, B, I), or (B, T, I) when batch_first
+    pub input: &'a GpuTensor,
+    /// (L·D, B, H); zeros when None
+    pub h0: Option<&'a GpuTensor>,
+    /// (L·D, B, H), LSTM only; zeros when None
+    pub c0: Option<&'a GpuTensor>,
+    /// (B): sequence b is valid for t < lengths[b]; each in 1..=T. All T when None.
+    pub lengths: Option<&'a [usize]>,
+}
+
+impl<'a> GpuSequenceBatch<'a> {
+    /// A batch of full-length sequences starting from zero states.
+    pub fn new(input: &'a GpuTensor) -> Self {
+        GpuSequenceBatch {
+            input,
+            h0: None,
+            c0: None,
+            lengths: None,
+        }
+    }
+
+    /// Sets the initial hidden state (L·D, B, H).
+    pub fn h0(mut self, h0: &'a GpuTensor) -> Self {
+        self.h0 = Some(h0);
+        self
+    }
+
+    /// Sets the initial cell state (L·D, B, H); LSTM only.
+    pub fn c0(mut self, c0: &'a GpuTensor) -> Self {
+        self.c0 = Some(c0);
+        self
+    }
+
+    /// Sets per-sequence lengths (B).
+    pub fn lengths(mut self, lengths: &'a [usize]) -> Self {
+        self.lengths = Some(lengths);
+        self
+    }
+
+    /// Validates every shape and length against `config`; returns (T, B).
+    fn validate(&self, config: &RnnConfig) -> Result<(usize, usize)> {
+        config.validate()?;
+        let shape = self.input.shape();
+        let &[d0, d1, features] = shape else {
+            return Err(RnnError::shape(
+                "input",
+                &sequence_shape(config, 0, 0, config.input_size),
+                shape,
+            ));
+        };
+        let (t, b) = if config.batch_first {
+            (d1, d0)
+        } else {
+            (d0, d1)
+        };
+        if t == 0 || b == 0 {
+            return Err(RnnError::Config(format!(
+                "input must hold at least one time step and one sequence, got shape {shape:?}"
+            )));
+        }
+        let expected = sequence_shape(config, t, b, config.input_size);
+        check_shape("input", &expected, &[d0, d1, features])?;
+        let state = state_shape(config, b);
+        if let Some(h0) = self.h0 {
+            check_shape("h0", &state, h0.shape())?;
+        }
+        if let Some(c0) = self.c0 {
+            check_cell_state(config, "c0")?;
+            check_shape("c0", &state, c0.shape())?;
+        }
+        if let Some(lengths) = self.lengths {
+            check_lengths(lengths, t, b)?;
+        }
+        Ok((t, b))
+    }
+}
+
+/// The results of a forward call, on the GPU.
+#[derive(Debug)]
+pub struct GpuForwardOutput {
+    /// (T, B, D·H), or (B, T, D·H) when batch_first; zero where t >= lengths[b]
+    pub output: GpuTensor,
+    /// (L·D, B, H)
+    pub h_n: GpuTensor,
+    /// (L·D, B, H), LSTM only
+    pub c_n: Option<GpuTensor>,
+    ctx: Arc<GpuContext>,
+}
+
+impl GpuForwardOutput {
+    /// Waits for the GPU and reads everything back.
+    pub fn to_host(&self) -> Result<ForwardOutput<f32>> {
+        let ctx = &*self.ctx;
+        Ok(ForwardOutput {
+            output: read3(ctx, &self.output)?,
+            h_n: read3(ctx, &self.h_n)?,
+            c_n: self.c_n.as_ref().map(|c| read3(ctx, c)).transpose()?,
+        })
+    }
+}
+
+/// Gradients of the loss with respect to a forward call's outputs, on the GPU.
+#[derive(Clone, Copy, Debug)]
+pub struct GpuUpstreamGrads<'a> {
+    /// Like [`GpuForwardOutput::output`]
+    pub output: &'a GpuTensor,
+    /// (L·D, B, H); zeros when None
+    pub h_n: Option<&'a GpuTensor>,
+    /// (L·D, B, H), LSTM only; zeros when None
+    pub c_n: Option<&'a GpuTensor>,
+}
+
+impl<'a> GpuUpstreamGrads<'a> {
+    /// Upstream gradient of the output sequence only.
+    pub fn new(output: &'a GpuTensor) -> Self {
+        GpuUpstreamGrads {
+            output,
+            h_n: None,
+            c_n: None,
+        }
+    }
+
+    /// Sets the gradient of h_n (L·D, B, H).
+    pub fn h_n(mut self, h_n: &'a GpuTensor) -> Self {
+        self.h_n = Some(h_n);
+        self
+    }
+
+    /// Sets the gradient of c_n (L·D, B, H); LSTM only.
+    pub fn c_n(mut self, c_n: &'a GpuTensor) -> Self {
+        self.c_n = Some(c_n);
+        self
+    }
+
+    fn validate(&self, config: &RnnConfig, t: usize, b: usize) -> Result<()> {
+        let expected = sequence_shape(config, t, b, config.output_size());
+        check_shape("grad_output", &expected, self.output.shape())?;
+        let state = state_shape(config, b);
+        if let Some(h_n) = self.h_n {
+            check_shape("grad_h_n", &state, h_n.shape())?;
+        }
+        if let Some(c_n) = self.c_n {
+            check_cell_state(config, "grad_c_n")?;
+            check_shape("grad_c_n", &state, c_n.shape())?;
+        }
+        Ok(())
+    }
+}
+
+/// Parameter gradients of one layer and direction, in torch layout.
+#[derive(Debug)]
+pub struct GpuLayerGradients {
+    /// (G·H, In)
+    pub w_ih: GpuTensor,
+    /// (G·H, H)
+    pub w_hh: GpuTensor,
+    /// (G·H), with bias only
+    pub b_ih: Option<GpuTensor>,
+    /// (G·H), with bias only
+    pub b_hh: Option<GpuTensor>,
+}
+
+/// The results of a backward call, on the GPU.
+#[derive(Debug)]
+pub struct GpuGradients {
+    /// d loss / d parameters, `params[layer * D + dir]` as [`RnnParams::layers`]
+    pub params: Vec<GpuLayerGradients>,
+    /// d loss / d input: (T, B, I), or (B, T, I) when batch_first
+    pub input: GpuTensor,
+    /// (L·D, B, H)
+    pub h0: GpuTensor,
+    /// (L·D, B, H), LSTM only
+    pub c0: Option<GpuTensor>,
+    config: RnnConfig,
+    ctx: Arc<GpuContext>,
+}
+
+impl GpuGradients {
+    /// Waits for the GPU and reads everything back.
+    pub fn to_host(&self) -> Result<Gradients<f32>> {
+        let ctx = &*self.ctx;
+        let read2 = |t: &GpuTensor| -> Result<Array2<f32>> {
+            t.to_array(ctx)?
+                .into_dimensionality()
+                .map_err(|e| RnnError::Device(format!("readback of `{}`: {e}", t.label())))
+        };
+        let read1 = |t: &GpuTensor| t.to_vec(ctx).map(Array1::from);
+        let layers = self
+            .params
+            .iter()
+            .map(|g| {
+                Ok(LayerParams {
+                    w_ih: read2(&g.w_ih)?,
+                    w_hh: read2(&g.w_hh)?,
+                    b_ih: g.b_ih.as_ref().map(read1).transpose()?,
+                    b_hh: g.b_hh.as_ref().map(read1).transpose()?,
+                })
+            })
+            .collect::<Result<_>>()?;
+        Ok(Gradients {
+            params: RnnParams {
+                config: self.config.clone(),
+                layers,
+            },
+            input: read3(ctx, &self.input)?,
+            h0: read3(ctx, &self.h0)?,
+            c0: self.c0.as_ref().map(|g| read3(ctx, g)).transpose()?,
+        })
+    }
 }
 
 /// What [`GpuRnn::backward`] needs from a [`GpuRnn::forward_train`] call, kept on the GPU:
-/// the input, every layer's output, all states (T + 1 slots) and the saved gate activations.
+/// a copy of the input, every layer's output, all states (T + 1 slots) and the saved gate
+/// activations.
 #[derive(Debug)]
 pub struct GpuTape {
     dims: Dims,
-    /// (T, B, I) seq-major
-    input: GpuTensor,
     /// (B) u32
     lengths: wgpu::Buffer,
     forward: ForwardWorkspace,
@@ -48,7 +274,7 @@ impl GpuTape {
 }
 
 impl GpuRnn {
-    /// Uploads `params` and compiles the kernels of its cell.
+    /// Uploads `params`; the kernels of its cell come from the context's pipeline cache.
     pub fn new(ctx: Arc<GpuContext>, params: &RnnParams<f32>) -> Result<Self> {
         check_params(params)?;
         let kernels = CellKernels::new(&ctx, params.config.cell)?;
@@ -63,6 +289,7 @@ impl GpuRnn {
             weights: Arc::new(weights),
             kernels,
             poison: false,
+            time_chunk: None,
         })
     }
 
@@ -71,6 +298,15 @@ impl GpuRnn {
     /// shows up in the results. For tests; it costs one upload per buffer.
     pub fn poison_outputs(mut self, on: bool) -> Self {
         self.poison = on;
+        self
+    }
+
+    /// Inference ([`GpuRnn::forward`], [`GpuRnn::forward_gpu`]) projects the input and submits
+    /// the work in chunks of `steps` time steps (at least 1), so that its workspace does not
+    /// grow with T. The default fits one chunk's input projections (T_c, B, G·H) in 64 MiB.
+    /// Results do not depend on it.
+    pub fn with_time_chunk(mut self, steps: usize) -> Self {
+        self.time_chunk = Some(steps.max(1));
         self
     }
 
@@ -103,10 +339,17 @@ impl GpuRnn {
         Ok(())
     }
 
-    /// Inference over a whole batch: one submit, two state slots per layer and direction.
+    /// Inference over a whole batch: uploads, [`GpuRnn::forward_gpu`], reads back.
     pub fn forward(&self, batch: &SequenceBatch<f32>) -> Result<ForwardOutput<f32>> {
-        let (output, _) = self.run_forward(batch, StateLayout::PingPong)?;
-        Ok(output)
+        batch.validate(&self.config)?;
+        let (input, h0, c0) = self.upload_batch(batch)?;
+        let gpu_batch = GpuSequenceBatch {
+            input: &input,
+            h0: h0.as_ref(),
+            c0: c0.as_ref(),
+            lengths: batch.lengths,
+        };
+        self.forward_gpu(&gpu_batch)?.to_host()
     }
 
     /// Training forward: like [`GpuRnn::forward`], and keeps on the GPU what backward needs.
@@ -114,64 +357,123 @@ impl GpuRnn {
         &self,
         batch: &SequenceBatch<f32>,
     ) -> Result<(ForwardOutput<f32>, GpuTape)> {
+        batch.validate(&self.config)?;
+        let (input, h0, c0) = self.upload_batch(batch)?;
+        let gpu_batch = GpuSequenceBatch {
+            input: &input,
+            h0: h0.as_ref(),
+            c0: c0.as_ref(),
+            lengths: batch.lengths,
+        };
+        let (output, tape) = self.forward_train_gpu(&gpu_batch)?;
+        Ok((output.to_host()?, tape))
+    }
+
+    /// Inference on GPU tensors: one compute pass and one submit, or one per time chunk
+    /// ([`GpuRnn::with_time_chunk`]); two state slots per layer and direction. Nothing is read
+    /// back: the results can feed the next call.
+    pub fn forward_gpu(&self, batch: &GpuSequenceBatch<'_>) -> Result<GpuForwardOutput> {
+        Ok(self.run_forward(batch, StateLayout::PingPong)?.0)
+    }
+
+    /// Training forward on GPU tensors: like [`GpuRnn::forward_gpu`] in one submit, and keeps
+    /// on the GPU what backward needs (the tape owns a copy of the input).
+    pub fn forward_train_gpu(
+        &self,
+        batch: &GpuSequenceBatch<'_>,
+    ) -> Result<(GpuForwardOutput, GpuTape)> {
         self.run_forward(batch, StateLayout::Sequence)
+    }
+
+    fn upload_batch(
+        &self,
+        batch: &SequenceBatch<f32>,
+    ) -> Result<(GpuTensor, Option<GpuTensor>, Option<GpuTensor>)> {
+        let ctx = &*self.ctx;
+        let upload = |label: &str, a: Option<ArrayView3<f32>>| {
+            a.map(|a| GpuTensor::from_array(ctx, label, a.into_dyn()))
+                .transpose()
+        };
+        Ok((
+            GpuTensor::from_array(ctx, "input", batch.input.into_dyn())?,
+            upload("h0", batch.h0)?,
+            upload("c0", batch.c0)?,
+        ))
+    }
+
+    /// Time steps per inference chunk for `dims`.
+    fn chunk_steps(&self, dims: &Dims) -> usize {
+        if let Some(steps) = self.time_chunk {
+            return steps;
+        }
+        let limits = self.ctx.limits();
+        let row_bytes = dims.b * dims.gh() * 4;
+        let budget = XPROJ_CHUNK_BYTES
+            .min(limits.max_storage_buffer_binding_size as usize)
+            .min(limits.max_buffer_size as usize);
+        let gemm_rows = limits.max_compute_workgroups_per_dimension as usize * GEMM_TILE;
+        // One chunk's dispatches: its steps, the gemm and up to two transposes.
+        let dispatches = limits.max_buffer_size as usize / param_stride(&self.ctx);
+        (budget / row_bytes)
+            .min(gemm_rows / dims.b)
+            .min(dispatches.saturating_sub(3))
+            .max(1)
     }
 
     fn run_forward(
         &self,
-        batch: &SequenceBatch<f32>,
+        batch: &GpuSequenceBatch<'_>,
         layout: StateLayout,
-    ) -> Result<(ForwardOutput<f32>, GpuTape)> {
+    ) -> Result<(GpuForwardOutput, GpuTape)> {
         let (t, b) = batch.validate(&self.config)?;
         let dims = Dims::new(&self.config, t, b);
         let ctx = &*self.ctx;
-        let input = upload_sequence(ctx, "input", batch.input, self.config.batch_first)?;
         let lengths = match batch.lengths {
             Some(lengths) => lengths.to_vec(),
             None => vec![t; b],
         };
         let lengths = upload_lengths(ctx, &lengths)?;
-        let h0 = batch
-            .h0
-            .map(|h0| GpuTensor::from_array(ctx, "h0", h0.into_dyn()))
-            .transpose()?;
-        let c0 = batch
-            .c0
-            .map(|c0| GpuTensor::from_array(ctx, "c0", c0.into_dyn()))
-            .transpose()?;
-        let state_shape = [dims.layers * dims.directions, b, dims.h];
-        let h_n = output_tensor(ctx, "h_n", &state_shape, self.poison)?;
+        let output_shape = sequence_shape(&self.config, t, b, self.config.output_size());
+        let output = output_tensor(ctx, "output", &output_shape, self.poison)?;
+        let state = state_shape(&self.config, b);
+        let h_n = output_tensor(ctx, "h_n", &state, self.poison)?;
         let c_n = dims
             .has_c
-            .then(|| output_tensor(ctx, "c_n", &state_shape, self.poison))
+            .then(|| output_tensor(ctx, "c_n", &state, self.poison))
             .transpose()?;
-        let ws = ForwardWorkspace::new(ctx, &dims, layout, self.poison)?;
-        let mut rec = Recorder::new(ctx);
-        record_forward(
-            &mut rec,
+        let chunk = self.chunk_steps(&dims);
+        let ws = ForwardWorkspace::new(
+            ctx,
+            &dims,
+            layout,
+            chunk,
+            self.config.batch_first,
+            self.poison,
+        )?;
+        run_forward(
+            ctx,
             &self.kernels,
             &self.weights,
             &dims,
-            &input,
             &lengths,
-            StateIo {
-                h0: h0.as_ref(),
-                c0: c0.as_ref(),
+            ForwardIo {
+                input: batch.input,
+                output: &output,
+                h0: batch.h0,
+                c0: batch.c0,
                 h_n: &h_n,
                 c_n: c_n.as_ref(),
             },
             &ws,
         )?;
-        rec.submit()?;
-        let output = read3(ctx, ws.top_output(&dims))?;
-        let output = ForwardOutput {
-            output: from_seq_major(output, self.config.batch_first),
-            h_n: read3(ctx, &h_n)?,
-            c_n: c_n.as_ref().map(|c| read3(ctx, c)).transpose()?,
+        let output = GpuForwardOutput {
+            output,
+            h_n,
+            c_n,
+            ctx: Arc::clone(&self.ctx),
         };
         let tape = GpuTape {
             dims,
-            input,
             lengths,
             forward: ws,
         };
@@ -179,65 +481,114 @@ impl GpuRnn {
     }
 
     /// Backpropagation through time over `tape` (from [`GpuRnn::forward_train`] with the
-    /// current weights): d loss / d (parameters, input, h0, c0), in one submit.
+    /// current weights): uploads, [`GpuRnn::backward_gpu`], reads back.
     pub fn backward(&self, tape: &GpuTape, grads: &UpstreamGrads<f32>) -> Result<Gradients<f32>> {
+        grads.validate(&self.config, tape.dims.t, tape.dims.b)?;
+        let ctx = &*self.ctx;
+        let upload = |label: &str, a: Option<ArrayView3<f32>>| {
+            a.map(|a| GpuTensor::from_array(ctx, label, a.into_dyn()))
+                .transpose()
+        };
+        let output = GpuTensor::from_array(ctx, "grad_output", grads.output.into_dyn())?;
+        let h_n = upload("grad_h_n", grads.h_n)?;
+        let c_n = upload("grad_c_n", grads.c_n)?;
+        let upstream = GpuUpstreamGrads {
+            output: &output,
+            h_n: h_n.as_ref(),
+            c_n: c_n.as_ref(),
+        };
+        self.backward_gpu(tape, &upstream)?.to_host()
+    }
+
+    /// Backpropagation through time on GPU tensors: d loss / d (parameters, input, h0, c0),
+    /// in one compute pass and one submit. Nothing is read back.
+    pub fn backward_gpu(
+        &self,
+        tape: &GpuTape,
+        grads: &GpuUpstreamGrads<'_>,
+    ) -> Result<GpuGradients> {
         if tape.forward.layout != StateLayout::Sequence {
             return Err(RnnError::Config(
                 "backward needs the tape of forward_train".into(),
             ));
         }
         let dims = tape.dims;
+        if dims.layers != self.config.num_layers
+            || dims.directions != self.config.num_directions()
+            || dims.h != self.config.hidden_size
+            || dims.input != self.config.input_size
+        {
+            return Err(RnnError::Config(
+                "backward: the tape was recorded by a model of another configuration".into(),
+            ));
+        }
         grads.validate(&self.config, dims.t, dims.b)?;
         let ctx = &*self.ctx;
-        let d_output = upload_sequence(ctx, "grad_output", grads.output, self.config.batch_first)?;
-        let d_h_n = grads
-            .h_n
-            .map(|g| GpuTensor::from_array(ctx, "grad_h_n", g.into_dyn()))
+        let poison = self.poison;
+        let rows = self.config.gate_rows();
+        let params = (0..dims.layers * dims.directions)
+            .map(|ld| {
+                let in_features = self.config.layer_input_size(ld / dims.directions);
+                let bias = |label| {
+                    self.config
+                        .bias
+                        .then(|| output_tensor(ctx, label, &[rows], poison))
+                        .transpose()
+                };
+                Ok(GpuLayerGradients {
+                    w_ih: output_tensor(ctx, "grad w_ih", &[rows, in_features], poison)?,
+                    w_hh: output_tensor(ctx, "grad w_hh", &[rows, dims.h], poison)?,
+                    b_ih: bias("grad b_ih")?,
+                    b_hh: bias("grad b_hh")?,
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let input_shape = sequence_shape(&self.config, dims.t, dims.b, dims.input);
+        let input = output_tensor(ctx, "grad input", &input_shape, poison)?;
+        let state = state_shape(&self.config, dims.b);
+        let h0 = output_tensor(ctx, "grad h0", &state, poison)?;
+        let c0 = dims
+            .has_c
+            .then(|| output_tensor(ctx, "grad c0", &state, poison))
             .transpose()?;
-        let d_c_n = grads
-            .c_n
-            .map(|g| GpuTensor::from_array(ctx, "grad_c_n", g.into_dyn()))
-            .transpose()?;
-        let (offsets, params_len) = grad_offsets(&dims, self.config.bias);
-        let ws = BackwardWorkspace::new(ctx, &dims, params_len, self.poison)?;
-        let mut rec = Recorder::new(ctx);
-        record_backward(
-            &mut rec,
+        let ws = BackwardWorkspace::new(ctx, &dims, self.config.batch_first, poison)?;
+        let tape_input =
+            tape.forward.seq_input.as_ref().ok_or_else(|| {
+                RnnError::Config("backward needs the tape of forward_train".into())
+            })?;
+        run_backward(
+            ctx,
             &self.kernels,
             &self.weights,
             &dims,
-            &tape.input,
+            tape_input,
             &tape.lengths,
             &tape.forward,
-            UpstreamIo {
-                output: &d_output,
-                h_n: d_h_n.as_ref(),
-                c_n: d_c_n.as_ref(),
+            BackwardIo {
+                d_output: grads.output,
+                d_h_n: grads.h_n,
+                d_c_n: grads.c_n,
+                d_input: &input,
+                d_h0: &h0,
+                d_c0: c0.as_ref(),
+                params: params
+                    .iter()
+                    .map(|g| LayerGradIo {
+                        w_ih: &g.w_ih,
+                        w_hh: &g.w_hh,
+                        bias: g.b_ih.as_ref().zip(g.b_hh.as_ref()),
+                    })
+                    .collect(),
             },
-            &offsets,
             &ws,
         )?;
-        rec.submit()?;
-
-        let flat = ws.params.to_vec(ctx)?;
-        let mut params = RnnParams::<f32>::zeros(&self.config)?;
-        for (layer, (p, off)) in params.layers.iter_mut().zip(&offsets).enumerate() {
-            let l = layer / dims.directions;
-            let in_features = self.config.layer_input_size(l);
-            let rows = self.config.gate_rows();
-            p.w_ih = matrix(&flat, off.w_ih, rows, in_features);
-            p.w_hh = matrix(&flat, off.w_hh, rows, dims.h);
-            if let Some((b_ih, b_hh)) = off.bias {
-                p.b_ih = Some(Array1::from(flat[b_ih..b_ih + rows].to_vec()));
-                p.b_hh = Some(Array1::from(flat[b_hh..b_hh + rows].to_vec()));
-            }
-        }
-        let input = read3(ctx, &ws.d_inputs[0])?;
-        Ok(Gradients {
+        Ok(GpuGradients {
             params,
-            input: from_seq_major(input, self.config.batch_first),
-            h0: read3(ctx, &ws.d_h0)?,
-            c0: ws.d_c0.as_ref().map(|g| read3(ctx, g)).transpose()?,
+            input,
+            h0,
+            c0,
+            config: self.config.clone(),
+            ctx: Arc::clone(&self.ctx),
         })
     }
 
@@ -270,6 +621,35 @@ impl GpuRnn {
                 .then(|| GpuTensor::zeros(ctx, "stream c", &shape))
                 .transpose()?,
         })
+    }
+}
+
+/// (T, B, F), or (B, T, F) when batch_first.
+fn sequence_shape(config: &RnnConfig, t: usize, b: usize, features: usize) -> [usize; 3] {
+    if config.batch_first {
+        [b, t, features]
+    } else {
+        [t, b, features]
+    }
+}
+
+/// (L·D, B, H): the shape of h0, c0, h_n, c_n.
+fn state_shape(config: &RnnConfig, b: usize) -> [usize; 3] {
+    [
+        config.num_layers * config.num_directions(),
+        b,
+        config.hidden_size,
+    ]
+}
+
+fn check_cell_state(config: &RnnConfig, tensor: &str) -> Result<()> {
+    if config.cell.has_cell_state() {
+        Ok(())
+    } else {
+        Err(RnnError::Config(format!(
+            "{tensor} was given but a {} cell has no cell state",
+            config.cell.name()
+        )))
     }
 }
 
@@ -309,18 +689,19 @@ impl GpuStream {
         batch.validate(&seq_major)?;
         let ctx = &*self.ctx;
         let dims = Dims::new(&self.config, k, b);
-        let input = upload_sequence(ctx, "stream input", x, false)?;
+        let input = GpuTensor::from_array(ctx, "stream input", x.into_dyn())?;
+        let output = GpuTensor::zeros(ctx, "stream output", &[k, b, self.config.hidden_size])?;
         let lengths = upload_lengths(ctx, &vec![k; b])?;
-        let ws = ForwardWorkspace::new(ctx, &dims, StateLayout::PingPong, false)?;
-        let mut rec = Recorder::new(ctx);
-        record_forward(
-            &mut rec,
+        let ws = ForwardWorkspace::new(ctx, &dims, StateLayout::PingPong, k, false, false)?;
+        run_forward(
+            ctx,
             &self.kernels,
             &self.weights,
             &dims,
-            &input,
             &lengths,
-            StateIo {
+            ForwardIo {
+                input: &input,
+                output: &output,
                 h0: Some(&self.h),
                 c0: self.c.as_ref(),
                 h_n: &self.h,
@@ -328,8 +709,7 @@ impl GpuStream {
             },
             &ws,
         )?;
-        rec.submit()?;
-        read3(ctx, ws.top_output(&dims))
+        read3(ctx, &output)
     }
 
     /// The current (h, c), each (L, B, H).
@@ -372,29 +752,6 @@ fn contiguous(a: &Array2<f32>) -> Vec<f32> {
     a.iter().copied().collect()
 }
 
-/// Uploads a sequence tensor as (T, B, F), transposing from (B, T, F) when `batch_first`.
-fn upload_sequence(
-    ctx: &GpuContext,
-    label: &str,
-    a: ArrayView3<f32>,
-    batch_first: bool,
-) -> Result<GpuTensor> {
-    let view = if batch_first {
-        a.permuted_axes([1, 0, 2])
-    } else {
-        a
-    };
-    GpuTensor::from_array(ctx, label, view.into_dyn())
-}
-
-fn from_seq_major(a: Array3<f32>, batch_first: bool) -> Array3<f32> {
-    if batch_first {
-        a.permuted_axes([1, 0, 2]).as_standard_layout().into_owned()
-    } else {
-        a
-    }
-}
-
 fn upload_lengths(ctx: &GpuContext, lengths: &[usize]) -> Result<wgpu::Buffer> {
     let words = lengths
         .iter()
@@ -414,9 +771,4 @@ fn read3(ctx: &GpuContext, tensor: &GpuTensor) -> Result<Array3<f32>> {
     let a = tensor.to_array(ctx)?;
     a.into_dimensionality()
         .map_err(|e| RnnError::Device(format!("readback of `{}`: {e}", tensor.label())))
-}
-
-/// The (rows, cols) matrix at `offset` of the flat gradient buffer.
-fn matrix(flat: &[f32], offset: usize, rows: usize, cols: usize) -> Array2<f32> {
-    Array2::from_shape_fn((rows, cols), |(r, c)| flat[offset + r * cols + c])
 }

@@ -65,7 +65,7 @@ impl Dims {
         }
     }
 
-    fn gh(&self) -> usize {
+    pub fn gh(&self) -> usize {
         self.gates * self.h
     }
 
@@ -83,6 +83,13 @@ impl Dims {
 
     fn step_groups(&self) -> (usize, usize) {
         (self.h.div_ceil(STEP_TILE.0), self.b.div_ceil(STEP_TILE.1))
+    }
+
+    /// The times direction `d` processes at processing indices `steps`.
+    fn processed_times(&self, d: usize, steps: std::ops::Range<usize>) -> Vec<usize> {
+        steps
+            .map(|step| if d == 0 { step } else { self.t - 1 - step })
+            .collect()
     }
 
     /// Times in the order direction `d` processes them.
@@ -140,13 +147,28 @@ impl StateLayout {
     }
 }
 
-/// Everything a forward pass writes. The training layout is kept as the tape.
+/// Everything a forward pass writes besides its results. The training layout is kept as the tape.
 #[derive(Debug)]
 pub(crate) struct ForwardWorkspace {
     pub layout: StateLayout,
-    /// Layer outputs (T, B, D·H): one per layer (training) or two used alternately (inference).
-    pub outputs: Vec<GpuTensor>,
-    /// Input projections (T, B, G·H), one per direction, reused by every layer.
+    /// The layer-0 input (T, B, I) seq-major, when the caller's is not usable as is: a transposed
+    /// batch-first input, or (training) a copy the tape owns.
+    pub seq_input: Option<GpuTensor>,
+    /// The top layer's output (T, B, D·H) seq-major before its transpose to batch-first.
+    pub seq_output: Option<GpuTensor>,
+    /// Outputs of the layers below the top: (T, B, D·H) one per layer (training) or at most two
+    /// used alternately (inference); (T_c, B, H) when `chunk_major`.
+    pub inner: Vec<GpuTensor>,
+    /// Unidirectional inference: each chunk runs through all layers before the next one, so
+    /// that the layers below the top keep one chunk of output. A reverse direction needs its
+    /// whole input, so bidirectional models run layer by layer.
+    pub chunk_major: bool,
+    /// Whether the caller's input and output are batch-first (B, T, ·).
+    pub batch_first: bool,
+    /// Time steps per input-projection chunk (T_c).
+    pub chunk: usize,
+    /// Input projections (T_c, B, G·H) of one chunk, one per direction, reused by every chunk
+    /// and layer.
     pub xproj: Vec<GpuTensor>,
     /// Hidden states (slots, B, H) per layer·direction.
     pub h_states: Vec<GpuTensor>,
@@ -173,19 +195,46 @@ pub(crate) fn output_tensor(
 }
 
 impl ForwardWorkspace {
-    pub fn new(ctx: &GpuContext, dims: &Dims, layout: StateLayout, poison: bool) -> Result<Self> {
+    /// Allocates every buffer up front, so that what does not fit is an error before encoding.
+    /// `chunk` (at least 1) is the number of time steps per input-projection chunk; training
+    /// (the sequence layout) projects all T steps at once.
+    pub fn new(
+        ctx: &GpuContext,
+        dims: &Dims,
+        layout: StateLayout,
+        chunk: usize,
+        batch_first: bool,
+        poison: bool,
+    ) -> Result<Self> {
         let ld = dims.layers * dims.directions;
         let seq = [dims.t, dims.b, dims.directions * dims.h];
-        let output_count = match layout {
-            StateLayout::PingPong => dims.layers.min(2),
-            StateLayout::Sequence => dims.layers,
+        let inner_count = match layout {
+            StateLayout::PingPong => (dims.layers - 1).min(2),
+            StateLayout::Sequence => dims.layers - 1,
         };
+        let chunk = match layout {
+            StateLayout::PingPong => chunk.clamp(1, dims.t),
+            StateLayout::Sequence => dims.t,
+        };
+        let training = layout == StateLayout::Sequence;
+        let chunk_major = !training && dims.directions == 1;
+        let inner_shape = [
+            if chunk_major { chunk } else { dims.t },
+            dims.b,
+            dims.directions * dims.h,
+        ];
+        let seq_input = (batch_first || training)
+            .then(|| GpuTensor::zeros(ctx, "input (T, B, I)", &[dims.t, dims.b, dims.input]))
+            .transpose()?;
+        let seq_output = batch_first
+            .then(|| output_tensor(ctx, "output (T, B, D·H)", &seq, poison))
+            .transpose()?;
         let state_shape = [layout.slots(dims.t), dims.b, dims.h];
-        let outputs = (0..output_count)
-            .map(|_| output_tensor(ctx, "layer output", &seq, poison))
+        let inner = (0..inner_count)
+            .map(|_| output_tensor(ctx, "layer output", &inner_shape, poison))
             .collect::<Result<_>>()?;
         let xproj = (0..dims.directions)
-            .map(|_| output_tensor(ctx, "xproj", &[dims.t, dims.b, dims.gh()], poison))
+            .map(|_| output_tensor(ctx, "xproj", &[chunk, dims.b, dims.gh()], poison))
             .collect::<Result<_>>()?;
         let h_states = (0..ld)
             .map(|_| GpuTensor::zeros(ctx, "h states", &state_shape))
@@ -211,7 +260,12 @@ impl ForwardWorkspace {
             .collect::<Result<_>>()?;
         Ok(ForwardWorkspace {
             layout,
-            outputs,
+            seq_input,
+            seq_output,
+            inner,
+            chunk_major,
+            batch_first,
+            chunk,
             xproj,
             h_states,
             c_states,
@@ -220,172 +274,197 @@ impl ForwardWorkspace {
         })
     }
 
-    /// The output of the last layer (T, B, D·H).
-    pub fn top_output(&self, dims: &Dims) -> &GpuTensor {
-        &self.outputs[(dims.layers - 1) % self.outputs.len()]
+    /// The output (T, B, D·H) of layer `l` below the top.
+    fn inner_output(&self, l: usize) -> &GpuTensor {
+        &self.inner[l % self.inner.len()]
+    }
+
+    /// The layer-0 input, seq-major.
+    pub fn input<'a>(&'a self, io_input: &'a GpuTensor) -> &'a GpuTensor {
+        self.seq_input.as_ref().unwrap_or(io_input)
     }
 }
 
-/// Initial and final states of a forward pass: (L·D, B, H) tensors.
-pub(crate) struct StateIo<'a> {
+/// What a forward pass reads and writes: input and output in the model's layout, (T, B, ·) or
+/// (B, T, ·) when batch_first, and the states (L·D, B, H).
+pub(crate) struct ForwardIo<'a> {
+    pub input: &'a GpuTensor,
+    pub output: &'a GpuTensor,
     pub h0: Option<&'a GpuTensor>,
     pub c0: Option<&'a GpuTensor>,
     pub h_n: &'a GpuTensor,
     pub c_n: Option<&'a GpuTensor>,
 }
 
-/// Records a whole forward pass: all layers, directions and time steps.
+/// Runs a whole forward pass: all layers, directions and time steps, one compute pass and one
+/// submit, or one per chunk of `ws.chunk` steps when that is shorter than T (inference).
 ///
-/// `input` is (T, B, I) seq-major; `lengths` (B) u32.
-#[allow(clippy::too_many_arguments)]
-pub(crate) fn record_forward<'k>(
-    rec: &mut Recorder<'k>,
-    kernels: &'k CellKernels,
+/// `lengths` is (B) u32.
+pub(crate) fn run_forward(
+    ctx: &GpuContext,
+    kernels: &CellKernels,
     weights: &[LayerWeights],
     dims: &Dims,
-    input: &GpuTensor,
     lengths: &wgpu::Buffer,
-    states: StateIo<'_>,
+    io: ForwardIo<'_>,
     ws: &ForwardWorkspace,
 ) -> Result<()> {
     let bh = dims.bh();
     let gh = dims.gh();
     let train = ws.layout == StateLayout::Sequence;
-    for l in 0..dims.layers {
-        let x = if l == 0 {
-            input
-        } else {
-            &ws.outputs[(l - 1) % ws.outputs.len()]
-        };
-        let out = &ws.outputs[l % ws.outputs.len()];
+    let chunks = dims.t.div_ceil(ws.chunk);
+    let mut rec = Recorder::new(ctx);
+    match &ws.seq_input {
+        Some(seq) if ws.batch_first => rec.transpose(
+            kernels,
+            io.input.buffer(),
+            seq.buffer(),
+            (dims.b, dims.t, dims.input),
+        )?,
+        Some(seq) => rec.copy_before(io.input.buffer(), 0, seq.buffer(), 0, seq.len()),
+        None => {}
+    }
+    let top_output = ws.seq_output.as_ref().unwrap_or(io.output);
+    // (chunk, layer, direction) in recording order: chunk by chunk through all layers when the
+    // layers below the top keep only one chunk of output, else layer by layer.
+    let mut order: Vec<(usize, usize, usize)> = (0..chunks)
+        .flat_map(|c| {
+            (0..dims.layers).flat_map(move |l| (0..dims.directions).map(move |d| (c, l, d)))
+        })
+        .collect();
+    if !ws.chunk_major {
+        order.sort_by_key(|&(c, l, d)| (l, d, c));
+    }
+    // Time offset of the rows of a buffer of the layers below the top.
+    let inner_t0 = |t0: usize| if ws.chunk_major { t0 } else { 0 };
+    for (c, l, d) in order {
         let in_features = dims.layer_input(l);
-        for d in 0..dims.directions {
-            let ld = l * dims.directions + d;
-            let w = &weights[ld];
-            let h_states = &ws.h_states[ld];
-            let c_states = ws.c_states.get(ld).unwrap_or(&ws.unused[0]);
-            let saved = ws.saved.get(ld).unwrap_or(&ws.unused[1]);
+        let ld = l * dims.directions + d;
+        let w = &weights[ld];
+        let h_states = &ws.h_states[ld];
+        let c_states = ws.c_states.get(ld).unwrap_or(&ws.unused[0]);
+        let saved = ws.saved.get(ld).unwrap_or(&ws.unused[1]);
+        // Chunk c in direction d's processing order; its first processed step.
+        let first_step = c * ws.chunk;
+        let chunk_times = dims.processed_times(d, first_step..(first_step + ws.chunk).min(dims.t));
+        let t0 = chunk_times.iter().copied().min().unwrap_or(0);
+        let (x, x_t0) = if l == 0 {
+            (ws.input(io.input), 0)
+        } else {
+            (ws.inner_output(l - 1), inner_t0(t0))
+        };
+        let (out, out_t0) = if l + 1 == dims.layers {
+            (top_output, 0)
+        } else {
+            (ws.inner_output(l), inner_t0(t0))
+        };
+        if c == 0 {
             let initial = ws.layout.initial_slot(dims, d) * bh;
-            if let Some(h0) = states.h0 {
+            if let Some(h0) = io.h0 {
                 rec.copy_before(h0.buffer(), ld * bh, h_states.buffer(), initial, bh);
             }
-            if let (Some(c0), true) = (states.c0, dims.has_c) {
+            if let (Some(c0), true) = (io.c0, dims.has_c) {
                 rec.copy_before(c0.buffer(), ld * bh, c_states.buffer(), initial, bh);
             }
-            // Input projections of all time steps at once: (T·B, In) · W_ihᵀ + b_ih.
-            rec.gemm(
-                kernels,
-                x.buffer(),
-                w.w_ih.buffer(),
-                Some(w.b_ih.buffer()),
+        }
+        // Input projections of the chunk's steps at once: (T_c·B, In) · W_ihᵀ + b_ih.
+        rec.gemm(
+            kernels,
+            x.buffer(),
+            w.w_ih.buffer(),
+            Some(w.b_ih.buffer()),
+            ws.xproj[d].buffer(),
+            GemmParams {
+                m: chunk_times.len() * dims.b,
+                n: gh,
+                k: in_features,
+                a_off: (t0 - x_t0) * dims.b * in_features,
+                a_rs: in_features,
+                a_cs: 1,
+                b_rs: 1,
+                b_cs: in_features,
+                ldc: gh,
+                ..GemmParams::default()
+            },
+        )?;
+        let binding = rec.bind(
+            &kernels.forward_step,
+            &[
                 ws.xproj[d].buffer(),
-                GemmParams {
-                    m: dims.t * dims.b,
-                    n: gh,
-                    k: in_features,
-                    a_rs: in_features,
-                    a_cs: 1,
-                    b_rs: 1,
-                    b_cs: in_features,
-                    ldc: gh,
-                    ..GemmParams::default()
-                },
-            )?;
-            let binding = rec.bind(
+                w.w_hh.buffer(),
+                w.b_hh.buffer(),
+                lengths,
+                h_states.buffer(),
+                c_states.buffer(),
+                out.buffer(),
+                saved.buffer(),
+            ],
+        );
+        for (i, &t) in chunk_times.iter().enumerate() {
+            let (read, write) = ws.layout.step_offsets(dims, d, first_step + i, t);
+            rec.dispatch(
                 &kernels.forward_step,
+                binding,
                 &[
-                    ws.xproj[d].buffer(),
-                    w.w_hh.buffer(),
-                    w.b_hh.buffer(),
-                    lengths,
-                    h_states.buffer(),
-                    c_states.buffer(),
-                    out.buffer(),
-                    saved.buffer(),
+                    dims.b,
+                    dims.h,
+                    t,
+                    usize::from(train),
+                    read,
+                    write,
+                    d * dims.h,
+                    dims.directions * dims.h,
+                    t - t0,
+                    t - out_t0,
                 ],
-            );
-            for (step, t) in dims.times(d).into_iter().enumerate() {
-                let (read, write) = ws.layout.step_offsets(dims, d, step, t);
-                rec.dispatch(
-                    &kernels.forward_step,
-                    binding,
-                    &[
-                        dims.b,
-                        dims.h,
-                        t,
-                        usize::from(train),
-                        read,
-                        write,
-                        d * dims.h,
-                        dims.directions * dims.h,
-                    ],
-                    dims.step_groups(),
-                )?;
-            }
+                dims.step_groups(),
+            )?;
+        }
+        if c + 1 == chunks {
             let last = ws.layout.final_slot(dims, d) * bh;
-            rec.copy_after(h_states.buffer(), last, states.h_n.buffer(), ld * bh, bh);
-            if let (Some(c_n), true) = (states.c_n, dims.has_c) {
+            rec.copy_after(h_states.buffer(), last, io.h_n.buffer(), ld * bh, bh);
+            if let (Some(c_n), true) = (io.c_n, dims.has_c) {
                 rec.copy_after(c_states.buffer(), last, c_n.buffer(), ld * bh, bh);
             }
         }
-    }
-    Ok(())
-}
-
-/// Element offsets of one layer·direction's parameter gradients in the flat gradient buffer,
-/// in state_dict order (w_ih, w_hh, b_ih, b_hh).
-#[derive(Clone, Copy, Debug)]
-pub(crate) struct GradOffsets {
-    pub w_ih: usize,
-    pub w_hh: usize,
-    pub bias: Option<(usize, usize)>,
-}
-
-/// Offsets of every layer·direction and the total length of the flat gradient buffer.
-pub(crate) fn grad_offsets(dims: &Dims, bias: bool) -> (Vec<GradOffsets>, usize) {
-    let gh = dims.gh();
-    let mut next = 0;
-    let mut offsets = Vec::new();
-    for l in 0..dims.layers {
-        for _ in 0..dims.directions {
-            let w_ih = next;
-            let w_hh = w_ih + gh * dims.layer_input(l);
-            next = w_hh + gh * dims.h;
-            let bias = bias.then(|| {
-                next += 2 * gh;
-                (next - 2 * gh, next - gh)
-            });
-            offsets.push(GradOffsets { w_ih, w_hh, bias });
+        if chunks > 1 {
+            std::mem::replace(&mut rec, Recorder::new(ctx)).submit()?;
         }
     }
-    (offsets, next)
+    if let Some(seq) = &ws.seq_output {
+        let features = dims.directions * dims.h;
+        rec.transpose(
+            kernels,
+            seq.buffer(),
+            io.output.buffer(),
+            (dims.t, dims.b, features),
+        )?;
+    }
+    rec.submit()
 }
 
-/// Buffers a backward pass writes.
+/// Buffers a backward pass writes besides its results.
 #[derive(Debug)]
 pub(crate) struct BackwardWorkspace {
-    /// d loss / d input of layer l: (T, B, I) for l = 0, else (T, B, D·H).
-    pub d_inputs: Vec<GpuTensor>,
+    /// The upstream output gradient (T, B, D·H) seq-major, transposed from batch-first.
+    seq_d_output: Option<GpuTensor>,
+    /// d loss / d input (T, B, I) seq-major before its transpose to batch-first.
+    seq_d_input: Option<GpuTensor>,
+    /// d loss / d input of layer l ≥ 1: (T, B, D·H), at index l - 1.
+    d_inner: Vec<GpuTensor>,
     /// Gate gradients (planes, T, B, G·H), one per direction, reused by every layer.
-    pub d_gates: Vec<GpuTensor>,
+    d_gates: Vec<GpuTensor>,
     /// Carried state gradients (2, 2, B, H) per layer·direction: slot, (dh, dc).
-    pub carry: Vec<GpuTensor>,
-    /// All parameter gradients, laid out by [`grad_offsets`].
-    pub params: GpuTensor,
-    /// d loss / d h_0, d c_0: (L·D, B, H).
-    pub d_h0: GpuTensor,
-    pub d_c0: Option<GpuTensor>,
+    carry: Vec<GpuTensor>,
     unused: GpuTensor,
 }
 
 impl BackwardWorkspace {
-    pub fn new(ctx: &GpuContext, dims: &Dims, params_len: usize, poison: bool) -> Result<Self> {
+    pub fn new(ctx: &GpuContext, dims: &Dims, batch_first: bool, poison: bool) -> Result<Self> {
         let ld = dims.layers * dims.directions;
-        let d_inputs = (0..dims.layers)
-            .map(|l| {
-                let shape = [dims.t, dims.b, dims.layer_input(l)];
-                output_tensor(ctx, "input gradient", &shape, poison)
-            })
+        let seq = [dims.t, dims.b, dims.directions * dims.h];
+        let d_inner = (1..dims.layers)
+            .map(|_| output_tensor(ctx, "layer input gradient", &seq, poison))
             .collect::<Result<_>>()?;
         let d_gates = (0..dims.directions)
             .map(|_| {
@@ -396,44 +475,74 @@ impl BackwardWorkspace {
         let carry = (0..ld)
             .map(|_| GpuTensor::zeros(ctx, "carried state gradient", &[2, 2, dims.b, dims.h]))
             .collect::<Result<_>>()?;
-        let state = [ld, dims.b, dims.h];
+        let seq_d_output = batch_first
+            .then(|| GpuTensor::zeros(ctx, "grad_output (T, B, D·H)", &seq))
+            .transpose()?;
+        let seq_d_input = batch_first
+            .then(|| {
+                let shape = [dims.t, dims.b, dims.input];
+                output_tensor(ctx, "input gradient (T, B, I)", &shape, poison)
+            })
+            .transpose()?;
         Ok(BackwardWorkspace {
-            d_inputs,
+            seq_d_output,
+            seq_d_input,
+            d_inner,
             d_gates,
             carry,
-            params: output_tensor(ctx, "parameter gradients", &[params_len], poison)?,
-            d_h0: output_tensor(ctx, "h0 gradient", &state, poison)?,
-            d_c0: if dims.has_c {
-                Some(output_tensor(ctx, "c0 gradient", &state, poison)?)
-            } else {
-                None
-            },
             unused: GpuTensor::zeros(ctx, "unused binding", &[1])?,
         })
     }
 }
 
-/// Upstream gradients on the GPU: output (T, B, D·H) seq-major, h_n and c_n (L·D, B, H).
-pub(crate) struct UpstreamIo<'a> {
-    pub output: &'a GpuTensor,
-    pub h_n: Option<&'a GpuTensor>,
-    pub c_n: Option<&'a GpuTensor>,
+/// Parameter gradients of one layer·direction, in torch layout.
+pub(crate) struct LayerGradIo<'a> {
+    /// (G·H, In)
+    pub w_ih: &'a GpuTensor,
+    /// (G·H, H)
+    pub w_hh: &'a GpuTensor,
+    /// (G·H) each, with bias only
+    pub bias: Option<(&'a GpuTensor, &'a GpuTensor)>,
 }
 
-/// Records a whole backward pass (BPTT) over the tape of a training forward pass.
+/// What a backward pass reads and writes: upstream and input gradients in the model's layout,
+/// state gradients (L·D, B, H), parameter gradients per layer·direction.
+pub(crate) struct BackwardIo<'a> {
+    pub d_output: &'a GpuTensor,
+    pub d_h_n: Option<&'a GpuTensor>,
+    pub d_c_n: Option<&'a GpuTensor>,
+    pub d_input: &'a GpuTensor,
+    pub d_h0: &'a GpuTensor,
+    pub d_c0: Option<&'a GpuTensor>,
+    pub params: Vec<LayerGradIo<'a>>,
+}
+
+/// Runs a whole backward pass (BPTT) over the tape of a training forward pass, in one compute
+/// pass and one submit. `input` is the tape's layer-0 input (T, B, I) seq-major.
 #[allow(clippy::too_many_arguments)]
-pub(crate) fn record_backward<'k>(
-    rec: &mut Recorder<'k>,
-    kernels: &'k CellKernels,
+pub(crate) fn run_backward(
+    ctx: &GpuContext,
+    kernels: &CellKernels,
     weights: &[LayerWeights],
     dims: &Dims,
     input: &GpuTensor,
     lengths: &wgpu::Buffer,
     tape: &ForwardWorkspace,
-    upstream: UpstreamIo<'_>,
-    offsets: &[GradOffsets],
+    io: BackwardIo<'_>,
     ws: &BackwardWorkspace,
 ) -> Result<()> {
+    let mut rec = Recorder::new(ctx);
+    let features = dims.directions * dims.h;
+    if let Some(seq) = &ws.seq_d_output {
+        rec.transpose(
+            kernels,
+            io.d_output.buffer(),
+            seq.buffer(),
+            (dims.b, dims.t, features),
+        )?;
+    }
+    let d_output = ws.seq_d_output.as_ref().unwrap_or(io.d_output);
+    let d_input = ws.seq_d_input.as_ref().unwrap_or(io.d_input);
     let bh = dims.bh();
     let gh = dims.gh();
     let rows = dims.t * dims.b;
@@ -441,11 +550,16 @@ pub(crate) fn record_backward<'k>(
     let dgh_off = (dims.grad_planes - 1) * rows * gh;
     for l in (0..dims.layers).rev() {
         let d_out = if l + 1 == dims.layers {
-            upstream.output
+            d_output
         } else {
-            &ws.d_inputs[l + 1]
+            &ws.d_inner[l]
         };
-        let x = if l == 0 { input } else { &tape.outputs[l - 1] };
+        let d_in = if l == 0 { d_input } else { &ws.d_inner[l - 1] };
+        let x = if l == 0 {
+            input
+        } else {
+            tape.inner_output(l - 1)
+        };
         let in_features = dims.layer_input(l);
         for d in 0..dims.directions {
             let ld = l * dims.directions + d;
@@ -454,10 +568,10 @@ pub(crate) fn record_backward<'k>(
             let d_gates = &ws.d_gates[d];
             let h_states = &tape.h_states[ld];
             let c_states = tape.c_states.get(ld).unwrap_or(&ws.unused);
-            if let Some(g) = upstream.h_n {
+            if let Some(g) = io.d_h_n {
                 rec.copy_before(g.buffer(), ld * bh, carry.buffer(), 0, bh);
             }
-            if let (Some(g), true) = (upstream.c_n, dims.has_c) {
+            if let (Some(g), true) = (io.d_c_n, dims.has_c) {
                 rec.copy_before(g.buffer(), ld * bh, carry.buffer(), bh, bh);
             }
             let binding = rec.bind(
@@ -505,20 +619,19 @@ pub(crate) fn record_backward<'k>(
                 )?;
             }
             let done = ((dims.t + 1) % 2) * 2 * bh;
-            rec.copy_after(carry.buffer(), done, ws.d_h0.buffer(), ld * bh, bh);
-            if let Some(d_c0) = &ws.d_c0 {
+            rec.copy_after(carry.buffer(), done, io.d_h0.buffer(), ld * bh, bh);
+            if let (Some(d_c0), true) = (io.d_c0, dims.has_c) {
                 rec.copy_after(carry.buffer(), done + bh, d_c0.buffer(), ld * bh, bh);
             }
 
-            let grads = ws.params.buffer();
-            let off = offsets[ld];
+            let grads = &io.params[ld];
             // dW_ih = dG_xᵀ · x: (G·H, T·B) · (T·B, In).
             rec.gemm(
                 kernels,
                 d_gates.buffer(),
                 x.buffer(),
                 None,
-                grads,
+                grads.w_ih.buffer(),
                 GemmParams {
                     m: gh,
                     n: in_features,
@@ -528,7 +641,6 @@ pub(crate) fn record_backward<'k>(
                     a_cs: gh,
                     b_rs: in_features,
                     b_cs: 1,
-                    c_off: off.w_ih,
                     ldc: in_features,
                     ..GemmParams::default()
                 },
@@ -540,7 +652,7 @@ pub(crate) fn record_backward<'k>(
                 d_gates.buffer(),
                 h_states.buffer(),
                 None,
-                grads,
+                grads.w_hh.buffer(),
                 GemmParams {
                     m: gh,
                     n: dims.h,
@@ -551,14 +663,14 @@ pub(crate) fn record_backward<'k>(
                     b_off: h_prev_off,
                     b_rs: dims.h,
                     b_cs: 1,
-                    c_off: off.w_hh,
                     ldc: dims.h,
                     ..GemmParams::default()
                 },
             )?;
-            if let Some((b_ih, b_hh)) = off.bias {
-                rec.column_sum(kernels, d_gates.buffer(), grads, (rows, gh), dgx_off, b_ih)?;
-                rec.column_sum(kernels, d_gates.buffer(), grads, (rows, gh), dgh_off, b_hh)?;
+            if let Some((b_ih, b_hh)) = grads.bias {
+                let d_g = d_gates.buffer();
+                rec.column_sum(kernels, d_g, b_ih.buffer(), (rows, gh), dgx_off, 0)?;
+                rec.column_sum(kernels, d_g, b_hh.buffer(), (rows, gh), dgh_off, 0)?;
             }
             // dx_l (+)= dG_x · W_ih: (T·B, G·H) · (G·H, In); directions add in a fixed order.
             rec.gemm(
@@ -566,7 +678,7 @@ pub(crate) fn record_backward<'k>(
                 d_gates.buffer(),
                 w.w_ih.buffer(),
                 None,
-                ws.d_inputs[l].buffer(),
+                d_in.buffer(),
                 GemmParams {
                     m: rows,
                     n: in_features,
@@ -583,5 +695,13 @@ pub(crate) fn record_backward<'k>(
             )?;
         }
     }
-    Ok(())
+    if let Some(seq) = &ws.seq_d_input {
+        rec.transpose(
+            kernels,
+            seq.buffer(),
+            io.d_input.buffer(),
+            (dims.t, dims.b, dims.input),
+        )?;
+    }
+    rec.submit()
 }

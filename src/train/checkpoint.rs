@@ -14,7 +14,6 @@ use crate::error::{Result, RnnError};
 use crate::scalar::Scalar;
 use crate::tensorfile;
 use ndarray::{ArrayD, IxDyn};
-use safetensors::SafeTensors;
 use serde_json::{json, Value};
 use std::collections::HashMap;
 use std::path::Path;
@@ -64,12 +63,9 @@ pub fn save_checkpoint<F: Scalar>(
 
 /// Reads a checkpoint written by [`save_checkpoint`].
 pub fn load_checkpoint<F: Scalar>(path: impl AsRef<Path>) -> Result<(SeqModel<F>, Optimizer<F>)> {
-    let bytes = tensorfile::read_bytes(path.as_ref())?;
-    let (_, header) = SafeTensors::read_metadata(&bytes)?;
-    let metadata = header
-        .metadata()
-        .clone()
-        .ok_or_else(|| RnnError::Metadata("checkpoint has no metadata".into()))?;
+    let path = path.as_ref();
+    let bytes = tensorfile::read_bytes(path)?;
+    let metadata = tensorfile::metadata(path, &bytes)?;
     let field = |key: &str| -> Result<Value> {
         let text = metadata
             .get(key)
@@ -81,7 +77,7 @@ pub fn load_checkpoint<F: Scalar>(path: impl AsRef<Path>) -> Result<(SeqModel<F>
         .ok_or_else(|| RnnError::Metadata("`step` is not an unsigned integer".into()))?;
     let config = parse_model_config(&field("model")?)?;
     let optimizer_config = parse_optimizer(&field("optimizer")?)?;
-    let file = SafeTensors::deserialize(&bytes)?;
+    let file = tensorfile::parse(path, &bytes)?;
     let mut all: HashMap<String, ArrayD<F>> = tensorfile::all_arrays(&file)?;
     let mut optim_tensors = HashMap::new();
     all.retain(|name, a| match name.strip_prefix("optim.") {
