@@ -302,8 +302,8 @@ impl BenchReport {
         let mut out = String::new();
         if let Some((name, backend)) = &self.adapter {
             out += &format!(
-                "GPU: {name} ({backend}); wall time to a device sync, including input upload \
-                 and result readback\n"
+                "GPU: {name} ({backend}); wall time to a device sync, inputs already on the GPU, \
+                 results left there\n"
             );
         }
         out += &format!("CPU: {}\n", self.cpu_name);
