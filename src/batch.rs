@@ -58,10 +58,10 @@ impl<'a, F: Scalar> SequenceBatch<'a, F> {
                 self.input.shape()
             )));
         }
-        let input_shape = layout_shape(config, t, b, config.input_size);
+        let input_shape = config.sequence_shape(t, b, config.input_size);
         check_shape("input", &input_shape, self.input.shape())?;
         check_finite("input", &self.input)?;
-        let state_shape = state_shape(config, b);
+        let state_shape = config.state_shape(b);
         if let Some(h0) = &self.h0 {
             check_shape("h0", &state_shape, h0.shape())?;
             check_finite("h0", h0)?;
@@ -107,24 +107,6 @@ fn seq_and_batch(config: &RnnConfig, dim: (usize, usize, usize)) -> (usize, usiz
     } else {
         (dim.0, dim.1)
     }
-}
-
-/// The shape of a sequence tensor with `features` columns: (T, B, F) or (B, T, F).
-fn layout_shape(config: &RnnConfig, t: usize, b: usize, features: usize) -> [usize; 3] {
-    if config.batch_first {
-        [b, t, features]
-    } else {
-        [t, b, features]
-    }
-}
-
-/// (L·D, B, H): the shape of h0, c0, h_n, c_n.
-fn state_shape(config: &RnnConfig, b: usize) -> [usize; 3] {
-    [
-        config.num_layers * config.num_directions(),
-        b,
-        config.hidden_size,
-    ]
 }
 
 /// Returns an error naming the first NaN or infinity in `a`.
@@ -223,10 +205,10 @@ impl<'a, F: Scalar> UpstreamGrads<'a, F> {
 
     /// Validates every shape and value against `config` and the forward call's (T, B).
     pub fn validate(&self, config: &RnnConfig, t: usize, b: usize) -> Result<()> {
-        let output_shape = layout_shape(config, t, b, config.output_size());
+        let output_shape = config.sequence_shape(t, b, config.output_size());
         check_shape("grad_output", &output_shape, self.output.shape())?;
         check_finite("grad_output", &self.output)?;
-        let state_shape = state_shape(config, b);
+        let state_shape = config.state_shape(b);
         if let Some(h_n) = &self.h_n {
             check_shape("grad_h_n", &state_shape, h_n.shape())?;
             check_finite("grad_h_n", h_n)?;

@@ -168,6 +168,21 @@ impl RnnConfig {
         self.num_directions() * self.hidden_size
     }
 
+    /// Shape of a sequence tensor with `features` columns: (T, B, F), or (B, T, F) when
+    /// batch_first.
+    pub fn sequence_shape(&self, t: usize, b: usize, features: usize) -> [usize; 3] {
+        if self.batch_first {
+            [b, t, features]
+        } else {
+            [t, b, features]
+        }
+    }
+
+    /// Shape of h0, c0, h_n and c_n: (L·D, B, H).
+    pub fn state_shape(&self, b: usize) -> [usize; 3] {
+        [self.num_layers * self.num_directions(), b, self.hidden_size]
+    }
+
     /// Checks that every size is positive and dropout is a probability.
     pub fn validate(&self) -> Result<()> {
         for (what, v) in [

@@ -90,7 +90,7 @@ impl<'a> GpuSequenceBatch<'a> {
         let &[d0, d1, features] = shape else {
             return Err(RnnError::shape(
                 "input",
-                &sequence_shape(config, 0, 0, config.input_size),
+                &config.sequence_shape(0, 0, config.input_size),
                 shape,
             ));
         };
@@ -104,9 +104,9 @@ impl<'a> GpuSequenceBatch<'a> {
                 "input must hold at least one time step and one sequence, got shape {shape:?}"
             )));
         }
-        let expected = sequence_shape(config, t, b, config.input_size);
+        let expected = config.sequence_shape(t, b, config.input_size);
         check_shape("input", &expected, &[d0, d1, features])?;
-        let state = state_shape(config, b);
+        let state = config.state_shape(b);
         if let Some(h0) = self.h0 {
             check_shape("h0", &state, h0.shape())?;
         }
@@ -179,9 +179,9 @@ impl<'a> GpuUpstreamGrads<'a> {
     }
 
     fn validate(&self, config: &RnnConfig, t: usize, b: usize) -> Result<()> {
-        let expected = sequence_shape(config, t, b, config.output_size());
+        let expected = config.sequence_shape(t, b, config.output_size());
         check_shape("grad_output", &expected, self.output.shape())?;
-        let state = state_shape(config, b);
+        let state = config.state_shape(b);
         if let Some(h_n) = self.h_n {
             check_shape("grad_h_n", &state, h_n.shape())?;
         }
@@ -433,9 +433,9 @@ impl GpuRnn {
             None => vec![t; b],
         };
         let lengths = upload_lengths(ctx, &lengths)?;
-        let output_shape = sequence_shape(&self.config, t, b, self.config.output_size());
+        let output_shape = self.config.sequence_shape(t, b, self.config.output_size());
         let output = output_tensor(ctx, "output", &output_shape, self.poison)?;
-        let state = state_shape(&self.config, b);
+        let state = self.config.state_shape(b);
         let h_n = output_tensor(ctx, "h_n", &state, self.poison)?;
         let c_n = dims
             .has_c
@@ -543,9 +543,9 @@ impl GpuRnn {
                 })
             })
             .collect::<Result<Vec<_>>>()?;
-        let input_shape = sequence_shape(&self.config, dims.t, dims.b, dims.input);
+        let input_shape = self.config.sequence_shape(dims.t, dims.b, dims.input);
         let input = output_tensor(ctx, "grad input", &input_shape, poison)?;
-        let state = state_shape(&self.config, dims.b);
+        let state = self.config.state_shape(dims.b);
         let h0 = output_tensor(ctx, "grad h0", &state, poison)?;
         let c0 = dims
             .has_c
@@ -622,24 +622,6 @@ impl GpuRnn {
                 .transpose()?,
         })
     }
-}
-
-/// (T, B, F), or (B, T, F) when batch_first.
-fn sequence_shape(config: &RnnConfig, t: usize, b: usize, features: usize) -> [usize; 3] {
-    if config.batch_first {
-        [b, t, features]
-    } else {
-        [t, b, features]
-    }
-}
-
-/// (L·D, B, H): the shape of h0, c0, h_n, c_n.
-fn state_shape(config: &RnnConfig, b: usize) -> [usize; 3] {
-    [
-        config.num_layers * config.num_directions(),
-        b,
-        config.hidden_size,
-    ]
 }
 
 fn check_cell_state(config: &RnnConfig, tensor: &str) -> Result<()> {
