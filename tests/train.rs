@@ -16,8 +16,9 @@ use wgpu_rnn::train::{
     adding_batch, clip_grad_norm, clip_grad_value, cross_entropy, dropout_hash, gradflow,
     gradflow_with, load_checkpoint, plot_many, sample_text, save_checkpoint, train_adding,
     train_charlm, train_step, AdamConfig, AddingOptions, Backend, CharCorpus, CharLmOptions, Clip,
-    Dropout, DropoutKey, GradFlowOptions, GradFlowWeights, Inputs, ModelInput, Optimizer,
-    OptimizerConfig, Readout, SampleOptions, SeqModel, SeqModelConfig, SgdConfig, Split, Targets,
+    Dropout, DropoutKey, GpuTrainer, GradFlowOptions, GradFlowWeights, Inputs, ModelInput,
+    Optimizer, OptimizerConfig, Readout, SampleOptions, SeqModel, SeqModelConfig, SgdConfig, Split,
+    Targets,
 };
 use wgpu_rnn::{CellKind, Nonlinearity, RnnError};
 
@@ -880,5 +881,90 @@ fn gpu_backend_trains_like_the_cpu_backend() {
             c.loss,
             g.loss
         );
+    }
+}
+
+/// Two full GPU-resident steps (forward, dropout between and after the layers, output layer,
+/// loss, backward, clipping, Adam) against the CPU reference's steps.
+#[test]
+fn gpu_resident_training_step_matches_cpu_step() {
+    let Some(ctx) = common::gpu() else { return };
+    let cases = [
+        (CellKind::Gru, Readout::LastStep, 1, false, Clip::Norm(0.05)),
+        (
+            CellKind::Lstm,
+            Readout::EveryStep,
+            5,
+            true,
+            Clip::Value(0.01),
+        ),
+        (
+            CellKind::Rnn(Nonlinearity::Tanh),
+            Readout::LastStep,
+            3,
+            false,
+            Clip::None,
+        ),
+    ];
+    for (case, &(cell, readout, outputs, ce, clip)) in cases.iter().enumerate() {
+        let config = SeqModelConfig {
+            cell,
+            input: ModelInput::Features(3),
+            hidden: 9,
+            layers: 2,
+            outputs,
+            dropout: 0.3,
+            readout,
+        };
+        let (t, b) = (5, 3);
+        let mut cpu_model = SeqModel::<f32>::init(&config, 40 + case as u64).unwrap();
+        let initial = f64s(&cpu_model.tensors().concat());
+        let adam = OptimizerConfig::Adam(AdamConfig::new(1e-2));
+        let lens: Vec<usize> = cpu_model.tensors().iter().map(|t| t.len()).collect();
+        let mut cpu_opt = Optimizer::<f32>::new(adam, &lens).unwrap();
+        let mut trainer = GpuTrainer::new(ctx.clone(), &cpu_model, adam).unwrap();
+        for step in 0..2u32 {
+            let data = Data::new(&config, t, b, 100 + step as u64);
+            let x = data.features.as_ref().unwrap().mapv(|v| v as f32);
+            let values = data.values.as_ref().unwrap().mapv(|v| v as f32);
+            let targets = if ce {
+                Targets::Classes(&data.classes)
+            } else {
+                Targets::Values(values.view())
+            };
+            let key = Some(DropoutKey { seed: 7, step });
+            let cpu = train_step(
+                &mut cpu_model,
+                &mut cpu_opt,
+                &Inputs::Features(x.view()),
+                &targets,
+                clip,
+                key,
+            )
+            .unwrap();
+            trainer.step(x.view(), &targets, clip, key).unwrap();
+            let gpu_loss = trainer.loss().unwrap();
+            assert!(
+                (gpu_loss - cpu.loss).abs() <= 1e-5 * cpu.loss.abs(),
+                "{cell:?} step {step}: loss gpu {gpu_loss} cpu {}",
+                cpu.loss
+            );
+            let got = f64s(&trainer.model().unwrap().tensors().concat());
+            let want = f64s(&cpu_model.tensors().concat());
+            let err = rel_err(&got, &want);
+            assert!(
+                err < 1e-5,
+                "{cell:?} step {step}: parameters rel err {err:e}, {}",
+                first_mismatch(&got, &want)
+            );
+            let delta =
+                |p: &[f64]| -> Vec<f64> { p.iter().zip(&initial).map(|(a, b)| a - b).collect() };
+            let update_err = rel_err(&delta(&got), &delta(&want));
+            assert!(
+                update_err < 1e-3,
+                "{cell:?} step {step}: update rel err {update_err:e}"
+            );
+        }
+        assert_eq!(trainer.steps(), 2);
     }
 }

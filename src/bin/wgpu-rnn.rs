@@ -235,15 +235,17 @@ fn run(cli: Cli) -> Result<ExitCode> {
             json,
             plot,
         } => {
-            let backend = match backend {
-                BackendArg::Cpu => bench::Backend::Cpu,
-                BackendArg::Gpu => bench::Backend::Gpu,
-                BackendArg::Both => bench::Backend::Both,
-            };
-            let ctx = if backend == bench::Backend::Cpu {
-                None
-            } else {
-                Some(Arc::new(GpuContext::new()?))
+            let (backend, ctx) = match backend {
+                BackendArg::Cpu => (bench::Backend::Cpu, None),
+                BackendArg::Gpu => (bench::Backend::Gpu, Some(Arc::new(GpuContext::new()?))),
+                // Without an adapter the default run still times the CPU, and says why.
+                BackendArg::Both => match GpuContext::new() {
+                    Ok(ctx) => (bench::Backend::Both, Some(Arc::new(ctx))),
+                    Err(e) => {
+                        eprintln!("{e}\ntiming the CPU reference only (see README: Prerequisites)");
+                        (bench::Backend::Cpu, None)
+                    }
+                },
             };
             let custom = cell.is_some()
                 || [batch, seq, input, hidden].iter().any(Option::is_some)
@@ -277,7 +279,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
                     })
                     .collect()
             } else {
-                let on_cpu = ctx.as_ref().is_some_and(|c| c.is_cpu());
+                let on_cpu = ctx.as_ref().is_none_or(|c| c.is_cpu());
                 let (cases, note) = bench::default_sweep(on_cpu);
                 if let Some(note) = note {
                     println!("{note}");

@@ -95,7 +95,7 @@ pub fn run_pass(
 
 /// Binds `buffers` (binding number, buffer) and `params` (as a uniform at `uniform_binding`)
 /// to `entry` and dispatches `workgroups` groups.
-fn dispatch<P: Pod>(
+pub(super) fn dispatch<P: Pod>(
     ctx: &GpuContext,
     pass: &mut wgpu::ComputePass<'_>,
     entry: &'static str,
@@ -140,11 +140,11 @@ fn dispatch<P: Pod>(
     Ok(())
 }
 
-fn check_u32(what: &str, len: usize) -> Result<u32> {
+pub(super) fn check_u32(what: &str, len: usize) -> Result<u32> {
     u32::try_from(len).map_err(|_| RnnError::TooLarge(format!("{what}: {len} elements exceed u32")))
 }
 
-fn elementwise_groups(len: usize) -> usize {
+pub(super) fn elementwise_groups(len: usize) -> usize {
     len.div_ceil(WORKGROUP)
 }
 

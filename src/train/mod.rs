@@ -7,6 +7,7 @@ pub mod checkpoint;
 pub mod clip;
 pub mod dropout;
 pub mod gpu;
+pub mod gpu_step;
 pub mod gradflow;
 pub mod layers;
 pub mod loss;
@@ -20,6 +21,7 @@ pub mod trainer;
 pub use checkpoint::{load_checkpoint, save_checkpoint};
 pub use clip::{clip_grad_norm, clip_grad_value, global_norm};
 pub use dropout::{dropout_hash, Dropout};
+pub use gpu_step::GpuTrainer;
 pub use gradflow::{
     gradflow, gradflow_with, GradFlowCurve, GradFlowOptions, GradFlowReport, GradFlowWeights,
 };

@@ -521,7 +521,8 @@ impl<F: Scalar> SeqModel<F> {
         })
     }
 
-    fn stream(&self, key: DropoutKey, layer: usize) -> u32 {
+    /// The dropout stream of `layer` under `key`: `step·L + layer`.
+    pub(crate) fn stream(&self, key: DropoutKey, layer: usize) -> u32 {
         key.step
             .wrapping_mul(self.rnn.len() as u32)
             .wrapping_add(layer as u32)
