@@ -459,3 +459,61 @@ fn linear_backward_input(
     }
     ol_grad_seq[i] = acc;
 }
+
+// ---- embedding (token ids → rows of the flat parameter buffer) ----
+
+struct EmbeddingParams {
+    // T·B token positions
+    positions: u32,
+    // D: embedding width
+    dim: u32,
+    // V: vocabulary size
+    vocab: u32,
+    // element offset of embedding.weight in the flat buffers
+    offset: u32,
+}
+
+@group(0) @binding(28) var<storage, read> emb_tokens: array<u32>;          // (T, B)
+@group(0) @binding(29) var<storage, read> emb_params: array<f32>;          // (P) flat parameters
+@group(0) @binding(30) var<storage, read_write> emb_out: array<f32>;       // (T, B, D)
+@group(0) @binding(31) var<uniform> emb: EmbeddingParams;
+@group(0) @binding(32) var<storage, read> emb_grad_out: array<f32>;        // (T, B, D)
+@group(0) @binding(33) var<storage, read_write> emb_grads: array<f32>;     // (P) flat gradients
+
+// out[p, d] = weight[token[p], d].
+@compute @workgroup_size(256)
+fn embedding_forward(
+    @builtin(workgroup_id) wid: vec3<u32>,
+    @builtin(num_workgroups) nwg: vec3<u32>,
+    @builtin(local_invocation_index) lid: u32,
+) {
+    let i = group_index(wid, nwg) * WG + lid;
+    if (i >= emb.positions * emb.dim) {
+        return;
+    }
+    let p = i / emb.dim;
+    let d = i % emb.dim;
+    emb_out[i] = emb_params[emb.offset + emb_tokens[p] * emb.dim + d];
+}
+
+// d weight[v, d] = Σ over positions p with token v of d out[p, d], in order of p.
+@compute @workgroup_size(256)
+fn embedding_backward(
+    @builtin(workgroup_id) wid: vec3<u32>,
+    @builtin(num_workgroups) nwg: vec3<u32>,
+    @builtin(local_invocation_index) lid: u32,
+) {
+    let i = group_index(wid, nwg) * WG + lid;
+    if (i >= emb.vocab * emb.dim) {
+        return;
+    }
+    let v = i / emb.dim;
+    let d = i % emb.dim;
+    var acc = 0.0;
+    for (var p = 0u; p < emb.positions; p = p + 1u) {
+        if (emb_tokens[p] == v) {
+            acc = acc + emb_grad_out[p * emb.dim + d];
+        }
+    }
+    emb_grads[emb.offset + i] = acc;
+}

@@ -889,27 +889,40 @@ fn gpu_backend_trains_like_the_cpu_backend() {
 #[test]
 fn gpu_resident_training_step_matches_cpu_step() {
     let Some(ctx) = common::gpu() else { return };
+    let features = ModelInput::Features(3);
+    let tokens = ModelInput::Tokens { vocab: 7, dim: 4 };
+    let tanh = CellKind::Rnn(Nonlinearity::Tanh);
     let cases = [
-        (CellKind::Gru, Readout::LastStep, 1, false, Clip::Norm(0.05)),
+        (
+            CellKind::Gru,
+            features,
+            Readout::LastStep,
+            1,
+            false,
+            Clip::Norm(0.05),
+        ),
         (
             CellKind::Lstm,
+            features,
             Readout::EveryStep,
             5,
             true,
             Clip::Value(0.01),
         ),
+        (tanh, features, Readout::LastStep, 3, false, Clip::None),
         (
-            CellKind::Rnn(Nonlinearity::Tanh),
-            Readout::LastStep,
-            3,
-            false,
-            Clip::None,
+            CellKind::Lstm,
+            tokens,
+            Readout::EveryStep,
+            7,
+            true,
+            Clip::Norm(0.5),
         ),
     ];
-    for (case, &(cell, readout, outputs, ce, clip)) in cases.iter().enumerate() {
+    for (case, &(cell, input, readout, outputs, ce, clip)) in cases.iter().enumerate() {
         let config = SeqModelConfig {
             cell,
-            input: ModelInput::Features(3),
+            input,
             hidden: 9,
             layers: 2,
             outputs,
@@ -925,7 +938,12 @@ fn gpu_resident_training_step_matches_cpu_step() {
         let mut trainer = GpuTrainer::new(ctx.clone(), &cpu_model, adam).unwrap();
         for step in 0..2u32 {
             let data = Data::new(&config, t, b, 100 + step as u64);
-            let x = data.features.as_ref().unwrap().mapv(|v| v as f32);
+            let x = data.features.as_ref().map(|f| f.mapv(|v| v as f32));
+            let inputs = match (&x, &data.tokens) {
+                (Some(x), _) => Inputs::Features(x.view()),
+                (None, Some(ids)) => Inputs::Tokens(ids.view()),
+                (None, None) => unreachable!("data holds features or tokens"),
+            };
             let values = data.values.as_ref().unwrap().mapv(|v| v as f32);
             let targets = if ce {
                 Targets::Classes(&data.classes)
@@ -933,21 +951,20 @@ fn gpu_resident_training_step_matches_cpu_step() {
                 Targets::Values(values.view())
             };
             let key = Some(DropoutKey { seed: 7, step });
-            let cpu = train_step(
-                &mut cpu_model,
-                &mut cpu_opt,
-                &Inputs::Features(x.view()),
-                &targets,
-                clip,
-                key,
-            )
-            .unwrap();
-            trainer.step(x.view(), &targets, clip, key).unwrap();
-            let gpu_loss = trainer.loss().unwrap();
+            let cpu =
+                train_step(&mut cpu_model, &mut cpu_opt, &inputs, &targets, clip, key).unwrap();
+            trainer.step(&inputs, &targets, clip, key).unwrap();
+            let gpu_loss = trainer.take_losses().unwrap()[0];
             assert!(
                 (gpu_loss - cpu.loss).abs() <= 1e-5 * cpu.loss.abs(),
                 "{cell:?} step {step}: loss gpu {gpu_loss} cpu {}",
                 cpu.loss
+            );
+            let gpu_eval = trainer.evaluate(&inputs, &targets).unwrap();
+            let cpu_eval = cpu_model.loss(&inputs, &targets).unwrap() as f64;
+            assert!(
+                (gpu_eval - cpu_eval).abs() <= 1e-5 * cpu_eval.abs(),
+                "{cell:?} step {step}: evaluation loss gpu {gpu_eval} cpu {cpu_eval}"
             );
             let got = f64s(&trainer.model().unwrap().tensors().concat());
             let want = f64s(&cpu_model.tensors().concat());
@@ -960,6 +977,7 @@ fn gpu_resident_training_step_matches_cpu_step() {
             let delta =
                 |p: &[f64]| -> Vec<f64> { p.iter().zip(&initial).map(|(a, b)| a - b).collect() };
             let update_err = rel_err(&delta(&got), &delta(&want));
+            eprintln!("{cell:?} step {step}: parameters {err:.1e}, update {update_err:.1e}");
             assert!(
                 update_err < 1e-3,
                 "{cell:?} step {step}: update rel err {update_err:e}"
@@ -967,4 +985,39 @@ fn gpu_resident_training_step_matches_cpu_step() {
         }
         assert_eq!(trainer.steps(), 2);
     }
+    let config = features_config(Readout::LastStep, 2);
+    let model = SeqModel::<f32>::init(&config, 1).unwrap();
+    let adam = OptimizerConfig::Adam(AdamConfig::new(1e-2));
+    let mut trainer = GpuTrainer::new(ctx.clone(), &model, adam).unwrap();
+    let input_size = config.layer_config(0).input_size;
+    let x = Array3::<f32>::from_elem((4, 3, input_size + 1), 0.5);
+    let y = Array2::<f32>::from_elem((3, 2), 0.5);
+    let err = trainer
+        .step(
+            &Inputs::Features(x.view()),
+            &Targets::Values(y.view()),
+            Clip::None,
+            None,
+        )
+        .unwrap_err();
+    assert!(err.to_string().contains("inputs"), "{err}");
+    let x = Array3::<f32>::from_elem((4, 3, input_size), 0.5);
+    let err = trainer
+        .step(
+            &Inputs::Features(x.view()),
+            &Targets::Classes(&[0, 1, 2]),
+            Clip::None,
+            None,
+        )
+        .unwrap_err();
+    assert!(err.to_string().contains("target 2"), "{err}");
+    let err = trainer
+        .step(
+            &Inputs::Tokens(Array2::<usize>::zeros((4, 3)).view()),
+            &Targets::Values(y.view()),
+            Clip::None,
+            None,
+        )
+        .unwrap_err();
+    assert!(err.to_string().contains("token ids"), "{err}");
 }

@@ -339,6 +339,52 @@ impl GpuRnn {
         Ok(())
     }
 
+    /// Replaces the weights from a GPU buffer without a host round trip. `source` holds every
+    /// tensor in torch state_dict order (per layer and direction: w_ih, w_hh, then b_ih, b_hh
+    /// when the config has bias), back to back from element `offset`. Returns the element
+    /// offset after the last tensor. Like [`GpuRnn::update_params`], invalidates older tapes.
+    pub fn copy_weights_from(&mut self, source: &GpuTensor, offset: usize) -> Result<usize> {
+        let mut copies = Vec::new();
+        let mut next = offset;
+        for w in self.weights.iter() {
+            let biases = if self.config.bias {
+                [Some(&w.b_ih), Some(&w.b_hh)]
+            } else {
+                [None, None]
+            };
+            for target in [Some(&w.w_ih), Some(&w.w_hh)]
+                .into_iter()
+                .chain(biases)
+                .flatten()
+            {
+                copies.push((next, target));
+                next += target.len();
+            }
+        }
+        if next > source.len() {
+            return Err(RnnError::shape("weight source", &[next], &[source.len()]));
+        }
+        let f32_bytes = std::mem::size_of::<f32>() as u64;
+        let mut encoder =
+            self.ctx
+                .device()
+                .create_command_encoder(&wgpu::CommandEncoderDescriptor {
+                    label: Some("copy weights"),
+                });
+        for (start, target) in copies {
+            encoder.copy_buffer_to_buffer(
+                source.buffer(),
+                start as u64 * f32_bytes,
+                target.buffer(),
+                0,
+                target.len() as u64 * f32_bytes,
+            );
+        }
+        self.ctx.queue().submit([encoder.finish()]);
+        self.ctx.take_errors()?;
+        Ok(next)
+    }
+
     /// Inference over a whole batch: uploads, [`GpuRnn::forward_gpu`], reads back.
     pub fn forward(&self, batch: &SequenceBatch<f32>) -> Result<ForwardOutput<f32>> {
         batch.validate(&self.config)?;

@@ -1,6 +1,7 @@
 //! The training loop and the two demonstration runs, [`train_adding`] and [`train_charlm`].
 
 use super::clip::{clip_grad_norm, clip_grad_value};
+use super::gpu_step::GpuTrainer;
 use super::layers::Readout;
 use super::loss::nats_to_bits;
 use super::model::{
@@ -15,6 +16,7 @@ use crate::config::CellKind;
 use crate::error::{Result, RnnError};
 use crate::gpu::GpuContext;
 use crate::scalar::Scalar;
+use ndarray::{Array2, Array3};
 use serde_json::json;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -213,7 +215,8 @@ fn clip_of(clip: Option<f64>) -> Clip {
 }
 
 /// Trains a cell on the adding problem (f32) and reports the held-out MSE. On the gpu backend
-/// the RNN runs on the GPU ([`GpuRunner`]); loss, clipping and the update run on the host.
+/// the whole step runs on the GPU ([`GpuTrainer`]); the losses are read back every
+/// `eval_every` steps.
 pub fn train_adding(opts: &AddingOptions) -> Result<TrainReport> {
     fit_adding(opts).map(|(_, report)| report)
 }
@@ -237,6 +240,81 @@ pub(crate) fn adding_model(opts: &AddingOptions) -> Result<SeqModel<f32>> {
     Ok(model)
 }
 
+/// The adding problem's training state: the host loop on the CPU, or the GPU-resident
+/// [`GpuTrainer`] (parameters and optimizer state on the GPU, losses read back per interval).
+enum AddingLoop {
+    Cpu {
+        model: Box<SeqModel<f32>>,
+        optimizer: Optimizer<f32>,
+        losses: Vec<f64>,
+    },
+    Gpu(Box<GpuTrainer>),
+}
+
+impl AddingLoop {
+    fn new(backend: Backend, model: SeqModel<f32>, optimizer: OptimizerConfig) -> Result<Self> {
+        Ok(match backend {
+            Backend::Cpu => {
+                let lens: Vec<usize> = model.tensors().iter().map(|t| t.len()).collect();
+                AddingLoop::Cpu {
+                    optimizer: Optimizer::new(optimizer, &lens)?,
+                    model: Box::new(model),
+                    losses: Vec::new(),
+                }
+            }
+            Backend::Gpu => AddingLoop::Gpu(Box::new(GpuTrainer::new(
+                Arc::new(GpuContext::new()?),
+                &model,
+                optimizer,
+            )?)),
+        })
+    }
+
+    fn step(&mut self, x: &Array3<f32>, y: &Array2<f32>, clip: Clip) -> Result<()> {
+        let targets = Targets::Values(y.view());
+        match self {
+            AddingLoop::Cpu {
+                model,
+                optimizer,
+                losses,
+            } => {
+                let inputs = Inputs::Features(x.view());
+                let stats = train_step(model, optimizer, &inputs, &targets, clip, None)?;
+                losses.push(stats.loss);
+                Ok(())
+            }
+            AddingLoop::Gpu(trainer) => {
+                trainer.step(&Inputs::Features(x.view()), &targets, clip, None)
+            }
+        }
+    }
+
+    /// The training losses since the last call.
+    fn take_losses(&mut self) -> Result<Vec<f64>> {
+        match self {
+            AddingLoop::Cpu { losses, .. } => Ok(std::mem::take(losses)),
+            AddingLoop::Gpu(trainer) => trainer.take_losses(),
+        }
+    }
+
+    fn evaluate(&self, x: &Array3<f32>, y: &Array2<f32>) -> Result<f64> {
+        let targets = Targets::Values(y.view());
+        match self {
+            AddingLoop::Cpu { model, .. } => {
+                Ok(model.loss(&Inputs::Features(x.view()), &targets)? as f64)
+            }
+            AddingLoop::Gpu(trainer) => trainer.evaluate(&Inputs::Features(x.view()), &targets),
+        }
+    }
+
+    fn into_model(self) -> Result<SeqModel<f32>> {
+        match self {
+            AddingLoop::Cpu { model, .. } => Ok(*model),
+            AddingLoop::Gpu(mut trainer) => trainer.model(),
+        }
+    }
+}
+
 /// [`train_adding`], also returning the trained model.
 pub(crate) fn fit_adding(opts: &AddingOptions) -> Result<(SeqModel<f32>, TrainReport)> {
     check_positive(&[
@@ -244,49 +322,33 @@ pub(crate) fn fit_adding(opts: &AddingOptions) -> Result<(SeqModel<f32>, TrainRe
         ("eval_every", opts.eval_every),
         ("eval_batch", opts.eval_batch),
     ])?;
-    let mut model = adding_model(opts)?;
-    let lens: Vec<usize> = model.tensors().iter().map(|t| t.len()).collect();
-    let mut optimizer = Optimizer::new(OptimizerConfig::Adam(AdamConfig::new(opts.lr)), &lens)?;
+    let model = adding_model(opts)?;
+    let adam = OptimizerConfig::Adam(AdamConfig::new(opts.lr));
     // The held-out batch comes from a generator stream training never uses.
     let (eval_x, eval_y) =
         adding_batch::<f32>(opts.seq_len, opts.eval_batch, opts.seed ^ 0x5EED_E7A1, 0)?;
-    let mut runner = Runner::new(opts.backend, &model)?;
-    let evaluate = |runner: &mut Runner, model: &SeqModel<f32>| -> Result<f64> {
-        runner.loss(
-            model,
-            &Inputs::Features(eval_x.view()),
-            &Targets::Values(eval_y.view()),
-        )
-    };
+    let mut run = AddingLoop::new(opts.backend, model, adam)?;
     let start = Instant::now();
     let mut history = vec![LossPoint {
         step: 0,
         epoch: None,
-        loss: evaluate(&mut runner, &model)?,
+        loss: run.evaluate(&eval_x, &eval_y)?,
         train_loss: f64::NAN,
     }];
-    let mut interval = Vec::new();
     for step in 0..opts.steps {
         let (x, y) = adding_batch::<f32>(opts.seq_len, opts.batch, opts.seed, step as u64)?;
-        let stats = runner.step(
-            &mut model,
-            &mut optimizer,
-            &Inputs::Features(x.view()),
-            &Targets::Values(y.view()),
-            clip_of(opts.clip),
-            None,
-        )?;
-        interval.push(stats.loss);
+        run.step(&x, &y, clip_of(opts.clip))?;
         if (step + 1) % opts.eval_every == 0 || step + 1 == opts.steps {
+            let interval = run.take_losses()?;
             history.push(LossPoint {
                 step: step + 1,
                 epoch: None,
-                loss: evaluate(&mut runner, &model)?,
+                loss: run.evaluate(&eval_x, &eval_y)?,
                 train_loss: interval.iter().sum::<f64>() / interval.len() as f64,
             });
-            interval.clear();
         }
     }
+    let model = run.into_model()?;
     let final_value = history.last().map_or(f64::NAN, |p| p.loss);
     let report = TrainReport {
         task: "adding".into(),
