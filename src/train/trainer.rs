@@ -315,6 +315,18 @@ impl AddingLoop {
     }
 }
 
+/// A progress bar over training steps with the last held-out loss as its message; drawn only
+/// when stderr is a terminal.
+fn progress_bar(steps: usize) -> indicatif::ProgressBar {
+    let bar = indicatif::ProgressBar::new(steps as u64);
+    if let Ok(style) =
+        indicatif::ProgressStyle::with_template("{bar:40} {pos}/{len} steps, {elapsed} {msg}")
+    {
+        bar.set_style(style);
+    }
+    bar
+}
+
 /// [`train_adding`], also returning the trained model.
 pub(crate) fn fit_adding(opts: &AddingOptions) -> Result<(SeqModel<f32>, TrainReport)> {
     check_positive(&[
@@ -335,19 +347,24 @@ pub(crate) fn fit_adding(opts: &AddingOptions) -> Result<(SeqModel<f32>, TrainRe
         loss: run.evaluate(&eval_x, &eval_y)?,
         train_loss: f64::NAN,
     }];
+    let bar = progress_bar(opts.steps);
     for step in 0..opts.steps {
         let (x, y) = adding_batch::<f32>(opts.seq_len, opts.batch, opts.seed, step as u64)?;
         run.step(&x, &y, clip_of(opts.clip))?;
+        bar.inc(1);
         if (step + 1) % opts.eval_every == 0 || step + 1 == opts.steps {
             let interval = run.take_losses()?;
+            let loss = run.evaluate(&eval_x, &eval_y)?;
+            bar.set_message(format!("held-out MSE {loss:.5}"));
             history.push(LossPoint {
                 step: step + 1,
                 epoch: None,
-                loss: run.evaluate(&eval_x, &eval_y)?,
+                loss,
                 train_loss: interval.iter().sum::<f64>() / interval.len() as f64,
             });
         }
     }
+    bar.finish_and_clear();
     let model = run.into_model()?;
     let final_value = history.last().map_or(f64::NAN, |p| p.loss);
     let report = TrainReport {
@@ -506,6 +523,7 @@ pub fn train_charlm(opts: &CharLmOptions) -> Result<TrainReport> {
     }];
     let mut interval = Vec::new();
     let dropout_seed = (opts.seed as u32) ^ 0xD80F;
+    let bar = progress_bar(opts.steps);
     for step in 0..opts.steps {
         let (x, y) = corpus.random_batch(
             Split::Train,
@@ -526,16 +544,20 @@ pub fn train_charlm(opts: &CharLmOptions) -> Result<TrainReport> {
             }),
         )?;
         interval.push(nats_to_bits(stats.loss));
+        bar.inc(1);
         if (step + 1) % eval_every == 0 || step + 1 == opts.steps {
+            let loss = evaluate(&mut runner, &model)?;
+            bar.set_message(format!("held-out {loss:.3} bits/char"));
             history.push(LossPoint {
                 step: step + 1,
                 epoch: epoch_at(step + 1),
-                loss: evaluate(&mut runner, &model)?,
+                loss,
                 train_loss: interval.iter().sum::<f64>() / interval.len() as f64,
             });
             interval.clear();
         }
     }
+    bar.finish_and_clear();
     let seconds = start.elapsed().as_secs_f64();
     if let Some(path) = &opts.checkpoint {
         super::checkpoint::save_checkpoint(path, &model, &optimizer)?;
