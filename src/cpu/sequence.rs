@@ -57,6 +57,25 @@ struct State<F> {
     c: Option<Array2<F>>,
 }
 
+impl<F: Scalar> State<F> {
+    /// State `index` of optional (L·D, B, H) tensors h and c (c only for cells that have it),
+    /// zeros where absent.
+    fn select(
+        cell: CellKind,
+        h: Option<&ArrayView3<'_, F>>,
+        c: Option<&ArrayView3<'_, F>>,
+        index: usize,
+        (b, hidden): (usize, usize),
+    ) -> Self {
+        State {
+            h: state_slice(h, index, b, hidden),
+            c: cell
+                .has_cell_state()
+                .then(|| state_slice(c, index, b, hidden)),
+        }
+    }
+}
+
 /// Time steps of a batch and which sequences are masked at each.
 struct Steps<'l> {
     seq_len: usize,
@@ -120,7 +139,17 @@ struct Direction<'a, F> {
     reverse: bool,
 }
 
-impl<F: Scalar> Direction<'_, F> {
+impl<'a, F: Scalar> Direction<'a, F> {
+    /// Direction `dir` (1: reverse) of `layer`.
+    fn new(params: &'a RnnParams<F>, steps: &'a Steps<'a>, layer: usize, dir: usize) -> Self {
+        Direction {
+            cell: params.config.cell,
+            params: params.layer(layer, dir),
+            steps,
+            reverse: dir == 1,
+        }
+    }
+
     /// Runs the direction over `x` (T·B, In) from `state`, writes h_t into `out` (T·B, H)
     /// (zero at masked steps), records into `tape` if given, and returns the final state.
     fn forward(
@@ -348,18 +377,14 @@ pub(super) fn run_forward<F: Scalar>(
         let mut out = Array2::zeros((t * b, d * hidden));
         for dir in 0..d {
             let index = layer * d + dir;
-            let direction = Direction {
+            let direction = Direction::new(params, &steps, layer, dir);
+            let initial = State::select(
                 cell,
-                params: &params.layers[index],
-                steps: &steps,
-                reverse: dir == 1,
-            };
-            let initial = State {
-                h: state_slice(batch.h0.as_ref(), index, b, hidden),
-                c: cell
-                    .has_cell_state()
-                    .then(|| state_slice(batch.c0.as_ref(), index, b, hidden)),
-            };
+                batch.h0.as_ref(),
+                batch.c0.as_ref(),
+                index,
+                (b, hidden),
+            );
             let mut tape = train.then(|| DirectionTape::new(cell, hidden, t * b));
             let out_dir = out.slice_mut(s![.., dir * hidden..(dir + 1) * hidden]);
             let last = direction.forward(x.view(), initial, out_dir, tape.as_mut());
@@ -422,18 +447,14 @@ pub(super) fn run_backward<F: Scalar>(
         let mut dx = Array2::zeros(x.dim());
         for dir in 0..d {
             let index = layer * d + dir;
-            let direction = Direction {
+            let direction = Direction::new(params, &steps, layer, dir);
+            let final_grad = State::select(
                 cell,
-                params: &params.layers[index],
-                steps: &steps,
-                reverse: dir == 1,
-            };
-            let final_grad = State {
-                h: state_slice(upstream.h_n.as_ref(), index, b, hidden),
-                c: cell
-                    .has_cell_state()
-                    .then(|| state_slice(upstream.c_n.as_ref(), index, b, hidden)),
-            };
+                upstream.h_n.as_ref(),
+                upstream.c_n.as_ref(),
+                index,
+                (b, hidden),
+            );
             let initial_grad = direction.backward(
                 x.view(),
                 &tape.directions[index],
