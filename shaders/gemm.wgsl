@@ -23,14 +23,15 @@ struct Gemm {
     ldc: u32,
     // 1: add the existing C.
     accumulate: u32,
-    // 1: add bias[n].
+    // 1: add bias[bias_off + n].
     use_bias: u32,
+    bias_off: u32,
 }
 
 @group(0) @binding(0) var<uniform> gp: Gemm;
 @group(0) @binding(1) var<storage, read> a: array<f32>;           // (M, K) through a_rs, a_cs
 @group(0) @binding(2) var<storage, read> b: array<f32>;           // (K, N) through b_rs, b_cs
-@group(0) @binding(3) var<storage, read> bias: array<f32>;        // (N), read when use_bias
+@group(0) @binding(3) var<storage, read> bias: array<f32>;        // (N) at bias_off, read when use_bias
 @group(0) @binding(4) var<storage, read_write> c: array<f32>;     // (M, N) with row stride ldc
 
 var<workgroup> a_tile: array<f32, 1024>;   // (BK, TILE): a_tile[kk·64 + mm] = A(m0 + mm, k0 + kk)
@@ -92,7 +93,7 @@ fn gemm(
             if m < gp.m && n < gp.n {
                 var v = acc[i][jj];
                 if gp.use_bias != 0u {
-                    v += bias[n];
+                    v += bias[gp.bias_off + n];
                 }
                 let index = gp.c_off + m * gp.ldc + n;
                 if gp.accumulate != 0u {

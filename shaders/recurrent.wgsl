@@ -132,9 +132,71 @@ fn forward_step(
         workgroupBarrier();
     }
 
-    if j >= H || b >= B {
-        return;
+    if j < H && b < B {
+        finish_forward(j, b, acc);
     }
+}
+
+// Small-batch forward step (B ≤ RB): one workgroup per hidden unit j, whose RW invocations
+// split k and accumulate every gate of unit j for every batch row, then a tree reduction in
+// workgroup memory (fixed order: deterministic). H workgroups keep a large GPU busy where the
+// tiled kernel above would launch only H/64.
+const RW: u32 = 64u;
+const RB: u32 = 4u;
+
+var<workgroup> partial: array<f32, GATES * RB * RW>;  // (G·RB, RW) partial dot products
+
+@compute @workgroup_size(64, 1, 1)
+fn forward_step_rows(
+    @builtin(workgroup_id) wg: vec3<u32>,
+    @builtin(local_invocation_index) li: u32,
+) {
+    let B = fp.batch;
+    let H = fp.hidden;
+    let j = wg.x;
+    // Loops over the constants RB and GATES unroll, so acc stays in registers; rows b ≥ B
+    // multiply zeros.
+    var acc = array<f32, GATES * RB>();
+    for (var k = li; k < H; k += RW) {
+        var hv = array<f32, RB>();
+        for (var b = 0u; b < RB; b++) {
+            if b < B {
+                hv[b] = h_states[fp.read_slot + b * H + k];
+            }
+        }
+        for (var g = 0u; g < GATES; g++) {
+            let w = w_hh[(g * H + j) * H + k];
+            for (var b = 0u; b < RB; b++) {
+                acc[g * RB + b] += w * hv[b];
+            }
+        }
+    }
+    for (var e = 0u; e < GATES * RB; e++) {
+        partial[e * RW + li] = acc[e];
+    }
+    workgroupBarrier();
+    for (var stride = RW / 2u; stride > 0u; stride /= 2u) {
+        if li < stride {
+            for (var e = 0u; e < GATES * RB; e++) {
+                partial[e * RW + li] += partial[e * RW + li + stride];
+            }
+        }
+        workgroupBarrier();
+    }
+    if li < B {
+        var unit = array<f32, 4>();
+        for (var g = 0u; g < GATES; g++) {
+            unit[g] = partial[(g * RB + li) * RW];
+        }
+        finish_forward(j, li, unit);
+    }
+}
+
+// The cell update of unit j, batch row b at step fp.t from acc[g] = (h_{t-1}·W_hhᵀ)[b, g·H + j].
+fn finish_forward(j: u32, b: u32, acc: array<f32, 4>) {
+    let B = fp.batch;
+    let H = fp.hidden;
+    let GH = GATES * H;
     let t = fp.t;
     let row = t * B + b;
     let prev = fp.read_slot + b * H + j;
@@ -178,6 +240,7 @@ fn forward_step(
         }
     }
 }
+
 
 // --------------------------------------------------------------- backward step
 

@@ -338,60 +338,20 @@ fn adam_update(
     opt_param[i] = opt_param[i] - adam.step_size * (m / denom);
 }
 
-// ---- output layer (linear) and MSE on the GPU-resident training step ----
-// The weight (O, H) and bias (O) are read from the flat parameter buffer and their gradients
-// written into the flat gradient buffer at the offsets below. The selected rows (N, H) are
-// contiguous in the RNN output: the last time step, or every step.
+// ---- MSE on the GPU-resident training step (the output layer itself is gemm.wgsl) ----
 
-struct OutputLayerParams {
-    // N: selected rows
-    rows: u32,
-    // H
-    hidden: u32,
-    // O
-    outputs: u32,
-    // element offset of linear.weight in the flat buffers
-    w_offset: u32,
-    // element offset of linear.bias in the flat buffers
-    b_offset: u32,
-    // element offset of the first selected row in the RNN output
-    row_offset: u32,
-    // T·B·H: elements of the RNN output
-    seq_len: u32,
-    // 1 / (N·O), for the MSE gradient
+struct MseParams {
+    // N·O: output elements
+    count: u32,
+    // 1 / (N·O)
     inv_count: f32,
 }
 
-@group(0) @binding(18) var<storage, read> ol_seq: array<f32>;              // (T, B, H)
-@group(0) @binding(19) var<storage, read> ol_params: array<f32>;           // (P) flat parameters
-@group(0) @binding(20) var<storage, read_write> ol_out: array<f32>;        // (N, O)
-@group(0) @binding(21) var<uniform> ol: OutputLayerParams;
-@group(0) @binding(22) var<storage, read> ol_grad_out: array<f32>;         // (N, O)
-@group(0) @binding(23) var<storage, read_write> ol_grads: array<f32>;      // (P) flat gradients
-@group(0) @binding(24) var<storage, read_write> ol_grad_seq: array<f32>;   // (T, B, H)
+@group(0) @binding(20) var<storage, read> mse_out: array<f32>;             // (N, O)
+@group(0) @binding(21) var<uniform> mp: MseParams;
 @group(0) @binding(25) var<storage, read> mse_target: array<f32>;          // (N, O)
 @group(0) @binding(26) var<storage, read_write> mse_sq: array<f32>;        // (N, O)
 @group(0) @binding(27) var<storage, read_write> mse_grad: array<f32>;      // (N, O)
-
-// out[r, k] = bias[k] + Σ_j rows[r, j] · weight[k, j].
-@compute @workgroup_size(256)
-fn linear_forward(
-    @builtin(workgroup_id) wid: vec3<u32>,
-    @builtin(num_workgroups) nwg: vec3<u32>,
-    @builtin(local_invocation_index) lid: u32,
-) {
-    let i = group_index(wid, nwg) * WG + lid;
-    if (i >= ol.rows * ol.outputs) {
-        return;
-    }
-    let r = i / ol.outputs;
-    let k = i % ol.outputs;
-    var acc = ol_params[ol.b_offset + k];
-    for (var j = 0u; j < ol.hidden; j = j + 1u) {
-        acc = acc + ol_seq[ol.row_offset + r * ol.hidden + j] * ol_params[ol.w_offset + k * ol.hidden + j];
-    }
-    ol_out[i] = acc;
-}
 
 // sq = (out − target)², grad = 2 · (out − target) / (N·O).
 @compute @workgroup_size(256)
@@ -401,63 +361,12 @@ fn mse_loss_grad(
     @builtin(local_invocation_index) lid: u32,
 ) {
     let i = group_index(wid, nwg) * WG + lid;
-    if (i >= ol.rows * ol.outputs) {
+    if (i >= mp.count) {
         return;
     }
-    let d = ol_out[i] - mse_target[i];
+    let d = mse_out[i] - mse_target[i];
     mse_sq[i] = d * d;
-    mse_grad[i] = 2.0 * d * ol.inv_count;
-}
-
-// d weight[k, j] = Σ_r g[r, k] · rows[r, j]; d bias[k] = Σ_r g[r, k] (one element each).
-@compute @workgroup_size(256)
-fn linear_backward_params(
-    @builtin(workgroup_id) wid: vec3<u32>,
-    @builtin(num_workgroups) nwg: vec3<u32>,
-    @builtin(local_invocation_index) lid: u32,
-) {
-    let i = group_index(wid, nwg) * WG + lid;
-    let weights = ol.outputs * ol.hidden;
-    if (i >= weights + ol.outputs) {
-        return;
-    }
-    var acc = 0.0;
-    if (i < weights) {
-        let k = i / ol.hidden;
-        let j = i % ol.hidden;
-        for (var r = 0u; r < ol.rows; r = r + 1u) {
-            acc = acc + ol_grad_out[r * ol.outputs + k] * ol_seq[ol.row_offset + r * ol.hidden + j];
-        }
-        ol_grads[ol.w_offset + i] = acc;
-    } else {
-        let k = i - weights;
-        for (var r = 0u; r < ol.rows; r = r + 1u) {
-            acc = acc + ol_grad_out[r * ol.outputs + k];
-        }
-        ol_grads[ol.b_offset + k] = acc;
-    }
-}
-
-// d output sequence: Σ_k g[r, k] · weight[k, j] on the selected rows, 0 elsewhere.
-@compute @workgroup_size(256)
-fn linear_backward_input(
-    @builtin(workgroup_id) wid: vec3<u32>,
-    @builtin(num_workgroups) nwg: vec3<u32>,
-    @builtin(local_invocation_index) lid: u32,
-) {
-    let i = group_index(wid, nwg) * WG + lid;
-    if (i >= ol.seq_len) {
-        return;
-    }
-    var acc = 0.0;
-    if (i >= ol.row_offset) {
-        let r = (i - ol.row_offset) / ol.hidden;
-        let j = (i - ol.row_offset) % ol.hidden;
-        for (var k = 0u; k < ol.outputs; k = k + 1u) {
-            acc = acc + ol_grad_out[r * ol.outputs + k] * ol_params[ol.w_offset + k * ol.hidden + j];
-        }
-    }
-    ol_grad_seq[i] = acc;
+    mse_grad[i] = 2.0 * d * mp.inv_count;
 }
 
 // ---- embedding (token ids → rows of the flat parameter buffer) ----

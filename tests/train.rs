@@ -650,6 +650,125 @@ fn charlm_reports_bits_perplexity_epochs_and_a_sample() {
     assert!(err.to_string().contains("eval_every"), "{err}");
 }
 
+/// A small two-layer GRU character LM with dropout, 6 steps, evaluated every 3.
+fn small_charlm(
+    backend: Backend,
+    steps: usize,
+    dir: &std::path::Path,
+    name: &str,
+) -> CharLmOptions {
+    CharLmOptions {
+        cell: CellKind::Gru,
+        embed: 5,
+        hidden: 9,
+        layers: 2,
+        dropout: 0.2,
+        seq_len: 7,
+        batch: 3,
+        steps,
+        eval_every: Some(3),
+        sample_len: 0,
+        backend,
+        checkpoint: Some(dir.join(format!("{name}.safetensors"))),
+        ..CharLmOptions::default()
+    }
+}
+
+fn checkpoint_of(opts: &CharLmOptions) -> (SeqModel<f32>, Optimizer<f32>) {
+    load_checkpoint::<f32>(opts.checkpoint.as_ref().unwrap()).unwrap()
+}
+
+/// Runs 6 steps straight and 3 + 3 through a checkpoint on `backend`; returns the reports and
+/// the two final checkpoints.
+fn straight_and_resumed(
+    backend: Backend,
+    dir: &std::path::Path,
+) -> [(wgpu_rnn::train::TrainReport, SeqModel<f32>, Optimizer<f32>); 2] {
+    let name = backend.name();
+    let straight = small_charlm(backend, 6, dir, &format!("{name}_straight"));
+    let half = small_charlm(backend, 3, dir, &format!("{name}_half"));
+    let resumed = CharLmOptions {
+        resume: half.checkpoint.clone(),
+        ..small_charlm(backend, 6, dir, &format!("{name}_resumed"))
+    };
+    let report = train_charlm(&straight).unwrap();
+    train_charlm(&half).unwrap();
+    let resumed_report = train_charlm(&resumed).unwrap();
+    let (m1, o1) = checkpoint_of(&straight);
+    let (m2, o2) = checkpoint_of(&resumed);
+    [(report, m1, o1), (resumed_report, m2, o2)]
+}
+
+#[test]
+fn charlm_resumes_from_a_checkpoint_exactly_and_checks_it() {
+    let dir = std::env::temp_dir().join(format!("wgpu-rnn-charlm-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let [(straight, m1, o1), (resumed, m2, o2)] = straight_and_resumed(Backend::Cpu, &dir);
+    assert_eq!(m1, m2, "model after resume differs");
+    assert_eq!(o1, o2, "optimizer after resume differs");
+    assert_eq!(o2.step, 6);
+    let steps: Vec<usize> = resumed.history.iter().map(|p| p.step).collect();
+    assert_eq!(steps, vec![3, 6]);
+    assert_eq!(resumed.history[1].loss, straight.history[2].loss);
+
+    let half = small_charlm(Backend::Cpu, 3, &dir, "cpu_half");
+    let other_model = CharLmOptions {
+        hidden: 10,
+        resume: half.checkpoint.clone(),
+        ..half.clone()
+    };
+    let err = train_charlm(&other_model).unwrap_err();
+    assert!(err.to_string().contains("hidden: 10"), "{err}");
+    let too_few = CharLmOptions {
+        steps: 2,
+        resume: half.checkpoint.clone(),
+        ..half.clone()
+    };
+    let err = train_charlm(&too_few).unwrap_err();
+    assert!(err.to_string().contains("at step 3"), "{err}");
+    let missing = CharLmOptions {
+        resume: Some(dir.join("none.safetensors")),
+        ..half
+    };
+    let err = train_charlm(&missing).unwrap_err();
+    assert!(err.to_string().contains("none.safetensors"), "{err}");
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+/// The character LM on the GPU (GpuTrainer: embedding, dropout, CE, clipping and Adam on the
+/// GPU) follows the CPU run, and its checkpoint resumes exactly.
+#[test]
+fn gpu_charlm_matches_cpu_and_resumes_exactly() {
+    let Some(_ctx) = common::gpu() else { return };
+    let dir = std::env::temp_dir().join(format!("wgpu-rnn-gpu-charlm-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let [(cpu, cpu_model, cpu_opt), _] = straight_and_resumed(Backend::Cpu, &dir);
+    let [(gpu, m1, o1), (_, m2, o2)] = straight_and_resumed(Backend::Gpu, &dir);
+    assert_eq!(m1, m2, "GPU model after resume differs");
+    assert_eq!(o1, o2, "GPU optimizer after resume differs");
+    assert_eq!(gpu.backend, "gpu");
+    for (c, g) in cpu.history.iter().zip(&gpu.history) {
+        assert!(
+            (c.loss - g.loss).abs() <= 1e-5 * c.loss,
+            "step {}: held-out bits/char cpu {} gpu {}",
+            c.step,
+            c.loss,
+            g.loss
+        );
+    }
+    let err = rel_err(
+        &f64s(&m1.tensors().concat()),
+        &f64s(&cpu_model.tensors().concat()),
+    );
+    assert!(err < 1e-5, "GPU parameters after 6 steps: rel err {err:e}");
+    let err = rel_err(
+        &f64s(&o1.state[1].concat()),
+        &f64s(&cpu_opt.state[1].concat()),
+    );
+    assert!(err < 1e-4, "GPU exp_avg_sq after 6 steps: rel err {err:e}");
+    std::fs::remove_dir_all(&dir).ok();
+}
+
 #[test]
 fn plot_many_draws_several_runs_and_rejects_none() {
     let opts = AddingOptions {
@@ -984,6 +1103,15 @@ fn gpu_resident_training_step_matches_cpu_step() {
             );
         }
         assert_eq!(trainer.steps(), 2);
+        let gpu_opt = trainer.optimizer().unwrap();
+        assert_eq!(gpu_opt.step, 2);
+        for (name, (g, c)) in ["exp_avg", "exp_avg_sq"]
+            .iter()
+            .zip(gpu_opt.state.iter().zip(&cpu_opt.state))
+        {
+            let err = rel_err(&f64s(&g.concat()), &f64s(&c.concat()));
+            assert!(err < 1e-4, "{cell:?}: optimizer {name} rel err {err:e}");
+        }
     }
     let config = features_config(Readout::LastStep, 2);
     let model = SeqModel::<f32>::init(&config, 1).unwrap();

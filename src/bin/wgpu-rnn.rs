@@ -157,6 +157,9 @@ enum TrainTask {
         /// Save model and optimizer state here at the end.
         #[arg(long)]
         checkpoint: Option<PathBuf>,
+        /// Go on from this checkpoint (same text and model options) up to --steps.
+        #[arg(long)]
+        resume: Option<PathBuf>,
     },
 }
 
@@ -336,6 +339,7 @@ fn train(task: TrainTask) -> Result<ExitCode> {
             layers,
             dropout,
             checkpoint,
+            resume,
         } => {
             let defaults = train::CharLmOptions::default();
             let opts = train::CharLmOptions {
@@ -352,6 +356,7 @@ fn train(task: TrainTask) -> Result<ExitCode> {
                 backend: train_backend(args.backend),
                 seed: args.seed,
                 checkpoint,
+                resume,
                 ..defaults
             };
             let report = train::train_charlm(&opts)?;

@@ -56,6 +56,13 @@ fn cell_constants(cell: CellKind) -> Vec<(&'static str, f64)> {
 
 /// Hidden units per step workgroup (x) and batch rows per step workgroup (y); see recurrent.wgsl.
 pub(crate) const STEP_TILE: (usize, usize) = (64, 4);
+/// Largest batch of recurrent.wgsl `forward_step_rows` (its `RB`), which runs one workgroup
+/// per hidden unit.
+pub(crate) const STEP_ROWS_MAX_BATCH: usize = 4;
+/// Storage bindings of both forward step kernels.
+const FORWARD_STEP_ACCESS: &[Access] = &[
+    Read, Read, Read, Read, ReadWrite, ReadWrite, ReadWrite, ReadWrite,
+];
 /// Output tile of gemm.wgsl (rows and columns).
 pub(crate) const GEMM_TILE: usize = 64;
 /// Invocations per workgroup of util.wgsl `transpose`.
@@ -104,6 +111,8 @@ impl Kernel {
 pub(crate) struct CellKernels {
     /// recurrent.wgsl `forward_step`: one time step of one layer and direction.
     pub forward_step: Kernel,
+    /// recurrent.wgsl `forward_step_rows`: the same for B ≤ [`STEP_ROWS_MAX_BATCH`].
+    pub forward_step_rows: Kernel,
     /// recurrent.wgsl `backward_step`: one reverse time step (or the final dh_0 step).
     pub backward_step: Kernel,
     /// gemm.wgsl: strided C = A·B (+ bias) (+ C).
@@ -125,9 +134,15 @@ impl CellKernels {
                 source,
                 "forward_step",
                 constants.clone(),
-                &[
-                    Read, Read, Read, Read, ReadWrite, ReadWrite, ReadWrite, ReadWrite,
-                ],
+                FORWARD_STEP_ACCESS,
+            )?,
+            forward_step_rows: Kernel::new(
+                ctx,
+                cell.name(),
+                source,
+                "forward_step_rows",
+                constants.clone(),
+                FORWARD_STEP_ACCESS,
             )?,
             backward_step: Kernel::new(
                 ctx,
@@ -181,6 +196,7 @@ pub(crate) struct GemmParams {
     pub ldc: usize,
     pub accumulate: bool,
     pub use_bias: bool,
+    pub bias_off: usize,
 }
 
 impl GemmParams {
@@ -199,6 +215,7 @@ impl GemmParams {
             self.ldc,
             usize::from(self.accumulate),
             usize::from(self.use_bias),
+            self.bias_off,
         ]
     }
 }

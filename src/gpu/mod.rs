@@ -2,7 +2,7 @@
 
 pub mod buffer;
 pub mod context;
-mod kernels;
+pub(crate) mod kernels;
 pub mod model;
 mod sequence;
 

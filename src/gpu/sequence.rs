@@ -10,7 +10,7 @@
 
 use super::buffer::GpuTensor;
 use super::context::GpuContext;
-use super::kernels::{CellKernels, GemmParams, Recorder, STEP_TILE};
+use super::kernels::{CellKernels, GemmParams, Kernel, Recorder, STEP_ROWS_MAX_BATCH, STEP_TILE};
 use crate::config::{CellKind, RnnConfig};
 use crate::error::Result;
 
@@ -83,6 +83,17 @@ impl Dims {
 
     fn step_groups(&self) -> (usize, usize) {
         (self.h.div_ceil(STEP_TILE.0), self.b.div_ceil(STEP_TILE.1))
+    }
+
+    /// The forward step kernel for this batch and its grid: one workgroup per hidden unit for
+    /// small batches (H ≤ 65 535, the smallest per-dimension limit any adapter has), else
+    /// the (units × rows) tiled kernel.
+    fn forward_step<'k>(&self, kernels: &'k CellKernels) -> (&'k Kernel, (usize, usize)) {
+        if self.b <= STEP_ROWS_MAX_BATCH && self.h <= 65_535 {
+            (&kernels.forward_step_rows, (self.h, 1))
+        } else {
+            (&kernels.forward_step, self.step_groups())
+        }
     }
 
     /// The times direction `d` processes at processing indices `steps`.
@@ -387,8 +398,9 @@ pub(crate) fn run_forward(
                 ..GemmParams::default()
             },
         )?;
+        let (step_kernel, step_groups) = dims.forward_step(kernels);
         let binding = rec.bind(
-            &kernels.forward_step,
+            step_kernel,
             &[
                 ws.xproj[d].buffer(),
                 w.w_hh.buffer(),
@@ -403,7 +415,7 @@ pub(crate) fn run_forward(
         for (i, &t) in chunk_times.iter().enumerate() {
             let (read, write) = ws.layout.step_offsets(dims, d, first_step + i, t);
             rec.dispatch(
-                &kernels.forward_step,
+                step_kernel,
                 binding,
                 &[
                     dims.b,
@@ -417,7 +429,7 @@ pub(crate) fn run_forward(
                     t - t0,
                     t - out_t0,
                 ],
-                dims.step_groups(),
+                step_groups,
             )?;
         }
         if c + 1 == chunks {

@@ -5,7 +5,7 @@
 //! training step can put all of them in one submit; [`run_pass`] is the one-pass convenience.
 
 use super::dropout::Dropout;
-use super::optim::OptimizerConfig;
+use super::optim::{Optimizer, OptimizerConfig};
 use crate::error::{check_shape, Result, RnnError};
 use crate::gpu::{GpuContext, GpuTensor, PipelineKey};
 use bytemuck::{Pod, Zeroable};
@@ -367,18 +367,65 @@ pub struct GpuOptimizer {
 impl GpuOptimizer {
     /// Zero state for `len` parameters.
     pub fn new(ctx: &GpuContext, config: OptimizerConfig, len: usize) -> Result<Self> {
-        super::optim::Optimizer::<f32>::new(config, &[])?;
-        let state = config
-            .state_names()
+        Self::from_host(ctx, &Optimizer::new(config, &[len])?, len)
+    }
+
+    /// Uploads a host optimizer's step count and state for `len` parameters, its tensors
+    /// concatenated in order.
+    pub fn from_host(ctx: &GpuContext, host: &Optimizer<f32>, len: usize) -> Result<Self> {
+        host.config.validate()?;
+        let names = host.config.state_names();
+        if host.state.len() != names.len() {
+            return Err(RnnError::Config(format!(
+                "{} optimizer state holds {} buffers, expected {}",
+                host.config.name(),
+                host.state.len(),
+                names.len()
+            )));
+        }
+        let state = names
             .iter()
-            .map(|name| GpuTensor::zeros(ctx, name, &[len]))
-            .collect::<Result<_>>()?;
+            .zip(&host.state)
+            .map(|(name, tensors)| {
+                let flat = tensors.concat();
+                GpuTensor::from_slice(ctx, name, &[flat.len()], &flat)
+            })
+            .collect::<Result<Vec<_>>>()?;
+        if let Some(other) = state.iter().find(|s| s.len() != len) {
+            return Err(RnnError::shape(
+                format!("optimizer state `{}`", other.label()),
+                &[len],
+                &[other.len()],
+            ));
+        }
         Ok(GpuOptimizer {
-            config,
-            step: 0,
+            config: host.config,
+            step: host.step,
             state,
             len,
         })
+    }
+
+    /// Reads the state back into a host optimizer for tensors of lengths `lens` (which must
+    /// add up to the flat length).
+    pub fn to_host(&self, ctx: &GpuContext, lens: &[usize]) -> Result<Optimizer<f32>> {
+        check_shape(
+            "optimizer tensor lengths (sum)",
+            &[self.len],
+            &[lens.iter().sum()],
+        )?;
+        let mut host = Optimizer::new(self.config, lens)?;
+        host.step = self.step;
+        for (buffer, tensors) in self.state.iter().zip(&mut host.state) {
+            let flat = buffer.to_vec(ctx)?;
+            let mut rest = flat.as_slice();
+            for tensor in tensors.iter_mut() {
+                let (head, tail) = rest.split_at(tensor.len());
+                tensor.copy_from_slice(head);
+                rest = tail;
+            }
+        }
+        Ok(host)
     }
 
     /// Records one update of `params` from `grads` (both flat, `len` elements).

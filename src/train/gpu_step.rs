@@ -13,9 +13,10 @@ use super::gpu::{
 };
 use super::layers::Readout;
 use super::model::{DropoutKey, Inputs, SeqModel, Targets};
-use super::optim::OptimizerConfig;
+use super::optim::{Optimizer, OptimizerConfig};
 use super::trainer::Clip;
 use crate::error::{check_shape, Result, RnnError};
+use crate::gpu::kernels::{CellKernels, GemmParams, Recorder};
 use crate::gpu::model::{GpuRnn, GpuSequenceBatch, GpuTape, GpuUpstreamGrads};
 use crate::gpu::{GpuContext, GpuTensor};
 use bytemuck::{Pod, Zeroable};
@@ -30,17 +31,30 @@ struct EmbeddingParams {
     offset: u32,
 }
 
+/// train.wgsl `MseParams`.
 #[repr(C)]
 #[derive(Clone, Copy, Pod, Zeroable)]
-struct OutputLayerParams {
-    rows: u32,
-    hidden: u32,
-    outputs: u32,
-    w_offset: u32,
-    b_offset: u32,
-    row_offset: u32,
-    seq_len: u32,
+struct MseParams {
+    count: u32,
     inv_count: f32,
+    _pad: [u32; 2],
+}
+
+/// The output layer of one (T, B) batch: where its rows and parameters are (elements).
+#[derive(Clone, Copy, Debug)]
+struct OutputLayer {
+    /// N: rows read from the top layer's output
+    rows: usize,
+    /// H
+    hidden: usize,
+    /// O
+    outputs: usize,
+    /// `linear.weight` (O, H) in the flat buffers
+    w_offset: usize,
+    /// `linear.bias` (O) in the flat buffers
+    b_offset: usize,
+    /// The first row in the top layer's output (T, B, H)
+    row_offset: usize,
 }
 
 /// A model in training on the GPU (f32).
@@ -49,6 +63,8 @@ pub struct GpuTrainer {
     ctx: Arc<GpuContext>,
     model: SeqModel<f32>,
     layers: Vec<GpuRnn>,
+    /// gemm.wgsl and reduce.wgsl for the output layer
+    kernels: Arc<CellKernels>,
     /// (P) every parameter, in [`SeqModel::tensors`] order
     params: GpuTensor,
     /// (P) d loss / d params of the last step
@@ -69,8 +85,31 @@ impl GpuTrainer {
         model: &SeqModel<f32>,
         optimizer: OptimizerConfig,
     ) -> Result<Self> {
+        let lens: Vec<usize> = model.tensors().iter().map(|t| t.len()).collect();
+        Self::resume(ctx, model, &Optimizer::new(optimizer, &lens)?)
+    }
+
+    /// Uploads `model` and the state of `optimizer` (one state tensor per model tensor, as
+    /// [`load_checkpoint`](super::checkpoint::load_checkpoint) returns them): training goes on
+    /// from the optimizer's step.
+    pub fn resume(
+        ctx: Arc<GpuContext>,
+        model: &SeqModel<f32>,
+        optimizer: &Optimizer<f32>,
+    ) -> Result<Self> {
         model.validate()?;
         let tensors = model.tensors();
+        for (buffer, states) in optimizer.config.state_names().iter().zip(&optimizer.state) {
+            let lens = states.iter().map(Vec::len);
+            if !lens.eq(tensors.iter().map(|t| t.len())) {
+                return Err(RnnError::Config(format!(
+                    "optimizer state `{buffer}` does not match the model's tensors \
+                     ({} state tensors, {} model tensors, or their lengths differ)",
+                    states.len(),
+                    tensors.len()
+                )));
+            }
+        }
         let mut offsets = Vec::with_capacity(tensors.len());
         let mut flat = Vec::with_capacity(model.num_parameters());
         for t in &tensors {
@@ -87,7 +126,8 @@ impl GpuTrainer {
             .map(|p| GpuRnn::new(Arc::clone(&ctx), p))
             .collect::<Result<_>>()?;
         Ok(GpuTrainer {
-            optimizer: GpuOptimizer::new(&ctx, optimizer, flat.len())?,
+            kernels: CellKernels::new(&ctx, model.config.cell)?,
+            optimizer: GpuOptimizer::from_host(&ctx, optimizer, flat.len())?,
             norm: NormScratch::new(&ctx, flat.len())?,
             ctx,
             model: model.clone(),
@@ -105,25 +145,22 @@ impl GpuTrainer {
         (self.offsets[n - 2], self.offsets[n - 1])
     }
 
-    /// The output-layer uniform for a (T, B) batch.
-    fn output_layer_params(&self, t: usize, b: usize) -> Result<OutputLayerParams> {
+    /// The output layer of a (T, B) batch.
+    fn output_layer(&self, t: usize, b: usize) -> OutputLayer {
         let config = &self.model.config;
-        let rows = config.readout.rows(t, b);
         let row_offset = match config.readout {
             Readout::EveryStep => 0,
             Readout::LastStep => (t - 1) * b * config.hidden,
         };
         let (w_offset, b_offset) = self.linear_offsets();
-        Ok(OutputLayerParams {
-            rows: check_u32("output rows", rows)?,
-            hidden: check_u32("hidden", config.hidden)?,
-            outputs: check_u32("outputs", config.outputs)?,
-            w_offset: check_u32("linear.weight offset", w_offset)?,
-            b_offset: check_u32("linear.bias offset", b_offset)?,
-            row_offset: check_u32("readout offset", row_offset)?,
-            seq_len: check_u32("RNN output", t * b * config.hidden)?,
-            inv_count: 1.0 / (rows * config.outputs) as f32,
-        })
+        OutputLayer {
+            rows: config.readout.rows(t, b),
+            hidden: config.hidden,
+            outputs: config.outputs,
+            w_offset,
+            b_offset,
+            row_offset,
+        }
     }
 
     /// Uploads the inputs (embedding token ids on the GPU) and runs every layer's training
@@ -208,11 +245,11 @@ impl GpuTrainer {
     fn head(
         &self,
         x: &GpuTensor,
-        ol: &OutputLayerParams,
+        ol: &OutputLayer,
         targets: &Targets<'_, f32>,
     ) -> Result<(GpuTensor, GpuTensor)> {
         let ctx = &*self.ctx;
-        let (rows, outputs) = (ol.rows as usize, ol.outputs as usize);
+        let (rows, outputs) = (ol.rows, ol.outputs);
         let out = GpuTensor::zeros(ctx, "outputs", &[rows, outputs])?;
         let grad_out = GpuTensor::zeros(ctx, "d outputs", &[rows, outputs])?;
         let (loss_values, target_tensor) = match targets {
@@ -231,30 +268,47 @@ impl GpuTrainer {
                 )
             }
         };
-        run_pass(ctx, |pass| {
-            dispatch(
+        // out = rows · Wᵀ + bias
+        let mut rec = Recorder::new(ctx);
+        rec.gemm(
+            &self.kernels,
+            x.buffer(),
+            self.params.buffer(),
+            Some(self.params.buffer()),
+            out.buffer(),
+            GemmParams {
+                m: rows,
+                n: outputs,
+                k: ol.hidden,
+                a_off: ol.row_offset,
+                a_rs: ol.hidden,
+                a_cs: 1,
+                b_off: ol.w_offset,
+                b_rs: 1,
+                b_cs: ol.hidden,
+                ldc: outputs,
+                bias_off: ol.b_offset,
+                ..GemmParams::default()
+            },
+        )?;
+        rec.submit()?;
+        run_pass(ctx, |pass| match targets {
+            Targets::Classes(_) => record_softmax_cross_entropy(
                 ctx,
                 pass,
-                "linear_forward",
-                &[
-                    (18, x.buffer()),
-                    (19, self.params.buffer()),
-                    (20, out.buffer()),
-                ],
-                21,
-                ol,
-                elementwise_groups(rows * outputs),
-            )?;
-            match targets {
-                Targets::Classes(_) => record_softmax_cross_entropy(
-                    ctx,
-                    pass,
-                    &out,
-                    &target_tensor,
-                    &grad_out,
-                    &loss_values,
-                ),
-                Targets::Values(_) => dispatch(
+                &out,
+                &target_tensor,
+                &grad_out,
+                &loss_values,
+            ),
+            Targets::Values(_) => {
+                let count = rows * outputs;
+                let params = MseParams {
+                    count: check_u32("outputs", count)?,
+                    inv_count: 1.0 / count as f32,
+                    _pad: [0; 2],
+                };
+                dispatch(
                     ctx,
                     pass,
                     "mse_loss_grad",
@@ -265,20 +319,81 @@ impl GpuTrainer {
                         (27, grad_out.buffer()),
                     ],
                     21,
-                    ol,
-                    elementwise_groups(rows * outputs),
-                ),
+                    &params,
+                    elementwise_groups(count),
+                )
             }
         })?;
         Ok((loss_values, grad_out))
+    }
+
+    /// Output-layer backward: d weight = gᵀ · rows and d bias = Σ_rows g into the flat
+    /// gradients, and d loss / d top-layer output into `grad_seq` (T, B, H, zero outside the
+    /// read rows), from g = d loss / d outputs (N, O).
+    fn head_backward(
+        &self,
+        x: &GpuTensor,
+        ol: &OutputLayer,
+        grad_out: &GpuTensor,
+        grad_seq: &GpuTensor,
+    ) -> Result<()> {
+        let mut rec = Recorder::new(&self.ctx);
+        rec.gemm(
+            &self.kernels,
+            grad_out.buffer(),
+            x.buffer(),
+            None,
+            self.grads.buffer(),
+            GemmParams {
+                m: ol.outputs,
+                n: ol.hidden,
+                k: ol.rows,
+                a_rs: 1,
+                a_cs: ol.outputs,
+                b_off: ol.row_offset,
+                b_rs: ol.hidden,
+                b_cs: 1,
+                c_off: ol.w_offset,
+                ldc: ol.hidden,
+                ..GemmParams::default()
+            },
+        )?;
+        rec.column_sum(
+            &self.kernels,
+            grad_out.buffer(),
+            self.grads.buffer(),
+            (ol.rows, ol.outputs),
+            0,
+            ol.b_offset,
+        )?;
+        rec.gemm(
+            &self.kernels,
+            grad_out.buffer(),
+            self.params.buffer(),
+            None,
+            grad_seq.buffer(),
+            GemmParams {
+                m: ol.rows,
+                n: ol.hidden,
+                k: ol.outputs,
+                a_rs: ol.outputs,
+                a_cs: 1,
+                b_off: ol.w_offset,
+                b_rs: ol.hidden,
+                b_cs: 1,
+                c_off: ol.row_offset,
+                ldc: ol.hidden,
+                ..GemmParams::default()
+            },
+        )?;
+        rec.submit()
     }
 
     /// Evaluation loss (no dropout, no update); reads back the loss.
     pub fn evaluate(&self, inputs: &Inputs<'_, f32>, targets: &Targets<'_, f32>) -> Result<f64> {
         let (t, b) = inputs.dims();
         let (x, _, _) = self.forward(inputs, None)?;
-        let ol = self.output_layer_params(t, b)?;
-        let (losses, _) = self.head(&x, &ol, targets)?;
+        let (losses, _) = self.head(&x, &self.output_layer(t, b), targets)?;
         mean_loss(&self.ctx, &losses)
     }
 
@@ -294,40 +409,10 @@ impl GpuTrainer {
         let ctx = Arc::clone(&self.ctx);
         let (t, b) = inputs.dims();
         let (x, tapes, tokens) = self.forward(inputs, dropout)?;
-        let ol = self.output_layer_params(t, b)?;
+        let ol = self.output_layer(t, b);
         let (loss_values, grad_out) = self.head(&x, &ol, targets)?;
-
-        // Output-layer backward: its parameter gradients and d loss / d RNN output.
-        let hidden = self.model.config.hidden;
-        let grad_seq = GpuTensor::zeros(&ctx, "d RNN output", &[t, b, hidden])?;
-        run_pass(&ctx, |pass| {
-            dispatch(
-                &ctx,
-                pass,
-                "linear_backward_params",
-                &[
-                    (18, x.buffer()),
-                    (22, grad_out.buffer()),
-                    (23, self.grads.buffer()),
-                ],
-                21,
-                &ol,
-                elementwise_groups((ol.outputs as usize) * (hidden + 1)),
-            )?;
-            dispatch(
-                &ctx,
-                pass,
-                "linear_backward_input",
-                &[
-                    (19, self.params.buffer()),
-                    (22, grad_out.buffer()),
-                    (24, grad_seq.buffer()),
-                ],
-                21,
-                &ol,
-                elementwise_groups(ol.seq_len as usize),
-            )
-        })?;
+        let grad_seq = GpuTensor::zeros(&ctx, "d RNN output", &[t, b, ol.hidden])?;
+        self.head_backward(&x, &ol, &grad_out, &grad_seq)?;
 
         // Backward through the layers (dropout masks again on the upstream gradients).
         let drop = Dropout::new(self.model.config.dropout)?;
@@ -413,7 +498,6 @@ impl GpuTrainer {
         self.sync_rnn()
     }
 
-    /// Copies the updated RNN weights into the [`GpuRnn`] layers (through the host for now).
     /// Copies the updated RNN weights from the flat parameter buffer into the layers' own
     /// buffers, on the GPU.
     fn sync_rnn(&mut self) -> Result<()> {
@@ -450,6 +534,12 @@ impl GpuTrainer {
         let flat = self.params.to_vec(&self.ctx)?;
         self.unflatten(&flat)?;
         Ok(self.model.clone())
+    }
+
+    /// The optimizer state, read back (for [`save_checkpoint`](super::checkpoint::save_checkpoint)).
+    pub fn optimizer(&self) -> Result<Optimizer<f32>> {
+        let lens: Vec<usize> = self.model.tensors().iter().map(|t| t.len()).collect();
+        self.optimizer.to_host(&self.ctx, &lens)
     }
 
     /// Completed optimizer steps.

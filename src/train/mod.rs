@@ -27,15 +27,11 @@ pub use gradflow::{
 };
 pub use layers::{Embedding, Linear, Readout};
 pub use loss::{cross_entropy, mse};
-pub use model::{
-    CpuRunner, DropoutKey, GpuRunner, Inputs, ModelInput, RnnRunner, SeqModel, SeqModelConfig,
-    Targets,
-};
+pub use model::{DropoutKey, Inputs, ModelInput, SeqModel, SeqModelConfig, Targets};
 pub use optim::{AdamConfig, Optimizer, OptimizerConfig, SgdConfig};
 pub use report::{plot_many, LossPoint, TrainReport};
 pub use sample::{sample_text, SampleOptions};
 pub use tasks::{adding_batch, CharCorpus, Split};
 pub use trainer::{
-    train_adding, train_charlm, train_step, train_step_on, AddingOptions, Backend, CharLmOptions,
-    Clip, StepStats,
+    train_adding, train_charlm, train_step, AddingOptions, Backend, CharLmOptions, Clip, StepStats,
 };

@@ -14,13 +14,10 @@ use crate::batch::{SequenceBatch, UpstreamGrads};
 use crate::config::{CellKind, RnnConfig};
 use crate::cpu;
 use crate::error::{check_shape, Result, RnnError};
-use crate::gpu::model::{GpuRnn, GpuTape};
-use crate::gpu::GpuContext;
 use crate::params::RnnParams;
 use crate::scalar::Scalar;
 use ndarray::{Array2, Array3, ArrayD, ArrayView2, ArrayView3};
 use std::collections::HashMap;
-use std::sync::Arc;
 
 /// What the model reads at each step.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -128,134 +125,9 @@ pub struct SeqModel<F> {
     pub linear: Linear<F>,
 }
 
-/// Runs single-layer RNNs forward and backward for a [`SeqModel`]: the CPU reference
-/// ([`CpuRunner`]) or the GPU ([`GpuRunner`], f32).
-pub trait RnnRunner<F: Scalar> {
-    /// What backward needs from a training forward.
-    type Tape;
-    /// Output sequence (T, B, H) of layer `layer` (whose weights are `params`) on `x` (T, B, I).
-    fn forward_train(
-        &mut self,
-        layer: usize,
-        params: &RnnParams<F>,
-        x: ArrayView3<'_, F>,
-    ) -> Result<(Array3<F>, Self::Tape)>;
-    /// d loss / d (layer parameters, layer input) from d loss / d output (T, B, H).
-    fn backward(
-        &mut self,
-        layer: usize,
-        params: &RnnParams<F>,
-        tape: &Self::Tape,
-        grad_output: ArrayView3<'_, F>,
-    ) -> Result<(RnnParams<F>, Array3<F>)>;
-    /// Called after the model's parameters changed (an optimizer step).
-    fn sync(&mut self, model: &SeqModel<F>) -> Result<()>;
-}
-
-/// The CPU reference ([`crate::cpu`]).
-#[derive(Clone, Copy, Debug, Default)]
-pub struct CpuRunner;
-
-impl<F: Scalar> RnnRunner<F> for CpuRunner {
-    type Tape = cpu::Tape<F>;
-
-    fn forward_train(
-        &mut self,
-        _layer: usize,
-        params: &RnnParams<F>,
-        x: ArrayView3<'_, F>,
-    ) -> Result<(Array3<F>, Self::Tape)> {
-        let (out, tape) = cpu::forward_train(params, &SequenceBatch::new(x))?;
-        Ok((out.output, tape))
-    }
-
-    fn backward(
-        &mut self,
-        _layer: usize,
-        params: &RnnParams<F>,
-        tape: &Self::Tape,
-        grad_output: ArrayView3<'_, F>,
-    ) -> Result<(RnnParams<F>, Array3<F>)> {
-        let g = cpu::backward(params, tape, &UpstreamGrads::new(grad_output))?;
-        Ok((g.params, g.input))
-    }
-
-    fn sync(&mut self, _model: &SeqModel<F>) -> Result<()> {
-        Ok(())
-    }
-}
-
-/// The GPU RNN ([`GpuRnn`]), one per layer, weights re-uploaded by [`RnnRunner::sync`].
-#[derive(Debug)]
-pub struct GpuRunner {
-    layers: Vec<GpuRnn>,
-}
-
-impl GpuRunner {
-    /// Uploads every layer of `model`.
-    pub fn new(ctx: Arc<GpuContext>, model: &SeqModel<f32>) -> Result<Self> {
-        let layers = model
-            .rnn
-            .iter()
-            .map(|p| GpuRnn::new(Arc::clone(&ctx), p))
-            .collect::<Result<_>>()?;
-        Ok(GpuRunner { layers })
-    }
-
-    fn layer(&self, layer: usize) -> Result<&GpuRnn> {
-        self.layers.get(layer).ok_or_else(|| {
-            RnnError::Config(format!(
-                "GPU runner holds {} layers, layer {layer} was asked for",
-                self.layers.len()
-            ))
-        })
-    }
-}
-
-impl RnnRunner<f32> for GpuRunner {
-    type Tape = GpuTape;
-
-    fn forward_train(
-        &mut self,
-        layer: usize,
-        _params: &RnnParams<f32>,
-        x: ArrayView3<'_, f32>,
-    ) -> Result<(Array3<f32>, GpuTape)> {
-        let (out, tape) = self.layer(layer)?.forward_train(&SequenceBatch::new(x))?;
-        Ok((out.output, tape))
-    }
-
-    fn backward(
-        &mut self,
-        layer: usize,
-        _params: &RnnParams<f32>,
-        tape: &GpuTape,
-        grad_output: ArrayView3<'_, f32>,
-    ) -> Result<(RnnParams<f32>, Array3<f32>)> {
-        let g = self
-            .layer(layer)?
-            .backward(tape, &UpstreamGrads::new(grad_output))?;
-        Ok((g.params, g.input))
-    }
-
-    fn sync(&mut self, model: &SeqModel<f32>) -> Result<()> {
-        if model.rnn.len() != self.layers.len() {
-            return Err(RnnError::Config(format!(
-                "model holds {} layers, the GPU runner {}",
-                model.rnn.len(),
-                self.layers.len()
-            )));
-        }
-        for (gpu, params) in self.layers.iter_mut().zip(&model.rnn) {
-            gpu.update_params(params)?;
-        }
-        Ok(())
-    }
-}
-
 /// What one forward pass keeps for the backward pass.
-struct ForwardRecord<T, F> {
-    tapes: Vec<T>,
+struct ForwardRecord<F> {
+    tapes: Vec<cpu::Tape<F>>,
     /// The output layer's input rows (N, H)
     rows: Array2<F>,
     /// (N, O)
@@ -494,19 +366,18 @@ impl<F: Scalar> SeqModel<F> {
         }
     }
 
-    fn forward_record<R: RnnRunner<F>>(
+    fn forward_record(
         &self,
-        runner: &mut R,
         inputs: &Inputs<'_, F>,
         dropout: Option<DropoutKey>,
-    ) -> Result<ForwardRecord<R::Tape, F>> {
+    ) -> Result<ForwardRecord<F>> {
         self.validate()?;
         let drop = Dropout::new(self.config.dropout)?;
         let mut x = self.embed(inputs)?;
         let mut tapes = Vec::with_capacity(self.rnn.len());
         for (k, layer) in self.rnn.iter().enumerate() {
-            let (out, tape) = runner.forward_train(k, layer, x.view())?;
-            x = out;
+            let (out, tape) = cpu::forward_train(layer, &SequenceBatch::new(x.view()))?;
+            x = out.output;
             if let Some(key) = dropout {
                 drop.apply(flat_mut(&mut x), key.seed, self.stream(key, k))?;
             }
@@ -528,56 +399,26 @@ impl<F: Scalar> SeqModel<F> {
             .wrapping_add(layer as u32)
     }
 
-    /// Evaluation forward on the CPU (no dropout): the output layer's rows (N, O).
+    /// Evaluation forward (no dropout): the output layer's rows (N, O).
     pub fn predict(&self, inputs: &Inputs<'_, F>) -> Result<Array2<F>> {
-        self.predict_on(&mut CpuRunner, inputs)
+        Ok(self.forward_record(inputs, None)?.outputs)
     }
 
-    /// Evaluation forward on `runner` (no dropout).
-    pub fn predict_on<R: RnnRunner<F>>(
-        &self,
-        runner: &mut R,
-        inputs: &Inputs<'_, F>,
-    ) -> Result<Array2<F>> {
-        Ok(self.forward_record(runner, inputs, None)?.outputs)
-    }
-
-    /// Evaluation loss on the CPU (no dropout).
+    /// Evaluation loss (no dropout).
     pub fn loss(&self, inputs: &Inputs<'_, F>, targets: &Targets<'_, F>) -> Result<F> {
-        self.loss_on(&mut CpuRunner, inputs, targets)
+        Ok(loss_and_grad(self.predict(inputs)?.view(), targets)?.loss)
     }
 
-    /// Evaluation loss on `runner` (no dropout).
-    pub fn loss_on<R: RnnRunner<F>>(
-        &self,
-        runner: &mut R,
-        inputs: &Inputs<'_, F>,
-        targets: &Targets<'_, F>,
-    ) -> Result<F> {
-        Ok(loss_and_grad(self.predict_on(runner, inputs)?.view(), targets)?.loss)
-    }
-
-    /// [`SeqModel::loss_and_grads_on`] with the CPU reference.
+    /// Training forward and backward: the loss and d loss / d every tensor. With `dropout`,
+    /// masks are drawn from `key` (and the model's dropout probability).
     pub fn loss_and_grads(
         &self,
         inputs: &Inputs<'_, F>,
         targets: &Targets<'_, F>,
         dropout: Option<DropoutKey>,
     ) -> Result<(F, SeqModel<F>)> {
-        self.loss_and_grads_on(&mut CpuRunner, inputs, targets, dropout)
-    }
-
-    /// Training forward and backward: the loss and d loss / d every tensor. With `dropout`,
-    /// masks are drawn from `key` (and the model's dropout probability).
-    pub fn loss_and_grads_on<R: RnnRunner<F>>(
-        &self,
-        runner: &mut R,
-        inputs: &Inputs<'_, F>,
-        targets: &Targets<'_, F>,
-        dropout: Option<DropoutKey>,
-    ) -> Result<(F, SeqModel<F>)> {
         let (t, b) = inputs.dims();
-        let record = self.forward_record(runner, inputs, dropout)?;
+        let record = self.forward_record(inputs, dropout)?;
         let LossGrad { loss, grad } = loss_and_grad(record.outputs.view(), targets)?;
         let mut grads = self.zeros_like();
         let linear = self.linear.backward(record.rows.view(), grad.view())?;
@@ -589,10 +430,13 @@ impl<F: Scalar> SeqModel<F> {
             if let Some(key) = dropout {
                 drop.apply(flat_mut(&mut upstream), key.seed, self.stream(key, k))?;
             }
-            let (params, input) =
-                runner.backward(k, &self.rnn[k], &record.tapes[k], upstream.view())?;
-            grads.rnn[k] = params;
-            upstream = input;
+            let g = cpu::backward(
+                &self.rnn[k],
+                &record.tapes[k],
+                &UpstreamGrads::new(upstream.view()),
+            )?;
+            grads.rnn[k] = g.params;
+            upstream = g.input;
         }
         if let (Inputs::Tokens(tokens), Some(e), Some(ge)) =
             (inputs, &self.embedding, &mut grads.embedding)

@@ -81,7 +81,7 @@ impl OptimizerConfig {
         }
     }
 
-    fn validate(&self) -> Result<()> {
+    pub(crate) fn validate(&self) -> Result<()> {
         let bad = |what: &str, v: f64| {
             Err(RnnError::Config(format!(
                 "optimizer {what} out of range: {v}"

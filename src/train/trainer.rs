@@ -4,10 +4,7 @@ use super::clip::{clip_grad_norm, clip_grad_value};
 use super::gpu_step::GpuTrainer;
 use super::layers::Readout;
 use super::loss::nats_to_bits;
-use super::model::{
-    CpuRunner, DropoutKey, GpuRunner, Inputs, ModelInput, RnnRunner, SeqModel, SeqModelConfig,
-    Targets,
-};
+use super::model::{DropoutKey, Inputs, ModelInput, SeqModel, SeqModelConfig, Targets};
 use super::optim::{AdamConfig, Optimizer, OptimizerConfig};
 use super::report::{LossPoint, TrainReport};
 use super::sample::{sample_text, SampleOptions};
@@ -16,7 +13,6 @@ use crate::config::CellKind;
 use crate::error::{Result, RnnError};
 use crate::gpu::GpuContext;
 use crate::scalar::Scalar;
-use ndarray::{Array2, Array3};
 use serde_json::json;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -50,48 +46,6 @@ impl Backend {
     }
 }
 
-/// The RNN runner of a [`Backend`] for f32 training.
-enum Runner {
-    Cpu(CpuRunner),
-    Gpu(GpuRunner),
-}
-
-impl Runner {
-    fn new(backend: Backend, model: &SeqModel<f32>) -> Result<Self> {
-        Ok(match backend {
-            Backend::Cpu => Runner::Cpu(CpuRunner),
-            Backend::Gpu => Runner::Gpu(GpuRunner::new(Arc::new(GpuContext::new()?), model)?),
-        })
-    }
-
-    fn step(
-        &mut self,
-        model: &mut SeqModel<f32>,
-        optimizer: &mut Optimizer<f32>,
-        inputs: &Inputs<'_, f32>,
-        targets: &Targets<'_, f32>,
-        clip: Clip,
-        dropout: Option<DropoutKey>,
-    ) -> Result<StepStats> {
-        match self {
-            Runner::Cpu(r) => train_step_on(r, model, optimizer, inputs, targets, clip, dropout),
-            Runner::Gpu(r) => train_step_on(r, model, optimizer, inputs, targets, clip, dropout),
-        }
-    }
-
-    fn loss(
-        &mut self,
-        model: &SeqModel<f32>,
-        inputs: &Inputs<'_, f32>,
-        targets: &Targets<'_, f32>,
-    ) -> Result<f64> {
-        Ok(match self {
-            Runner::Cpu(r) => model.loss_on(r, inputs, targets)?,
-            Runner::Gpu(r) => model.loss_on(r, inputs, targets)?,
-        } as f64)
-    }
-}
-
 /// Gradient clipping applied before each update.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub enum Clip {
@@ -119,29 +73,7 @@ pub fn train_step<F: Scalar>(
     clip: Clip,
     dropout: Option<DropoutKey>,
 ) -> Result<StepStats> {
-    train_step_on(
-        &mut CpuRunner,
-        model,
-        optimizer,
-        inputs,
-        targets,
-        clip,
-        dropout,
-    )
-}
-
-/// One step with the RNN layers on `runner`: forward, backward, clipping, optimizer update,
-/// then `runner.sync` with the updated parameters.
-pub fn train_step_on<F: Scalar, R: RnnRunner<F>>(
-    runner: &mut R,
-    model: &mut SeqModel<F>,
-    optimizer: &mut Optimizer<F>,
-    inputs: &Inputs<'_, F>,
-    targets: &Targets<'_, F>,
-    clip: Clip,
-    dropout: Option<DropoutKey>,
-) -> Result<StepStats> {
-    let (loss, mut grads) = model.loss_and_grads_on(runner, inputs, targets, dropout)?;
+    let (loss, mut grads) = model.loss_and_grads(inputs, targets, dropout)?;
     let mut grad_slices = grads.tensors_mut();
     let grad_norm = match clip {
         Clip::None => f64::NAN,
@@ -153,7 +85,6 @@ pub fn train_step_on<F: Scalar, R: RnnRunner<F>>(
     };
     let grad_views: Vec<&[F]> = grad_slices.iter().map(|g| &**g).collect();
     optimizer.step(&mut model.tensors_mut(), &grad_views)?;
-    runner.sync(model)?;
     Ok(StepStats {
         loss: loss.to_f64(),
         grad_norm,
@@ -240,9 +171,9 @@ pub(crate) fn adding_model(opts: &AddingOptions) -> Result<SeqModel<f32>> {
     Ok(model)
 }
 
-/// The adding problem's training state: the host loop on the CPU, or the GPU-resident
+/// A training run's state: the CPU reference's host loop, or the GPU-resident
 /// [`GpuTrainer`] (parameters and optimizer state on the GPU, losses read back per interval).
-enum AddingLoop {
+enum TrainLoop {
     Cpu {
         model: Box<SeqModel<f32>>,
         optimizer: Optimizer<f32>,
@@ -251,68 +182,76 @@ enum AddingLoop {
     Gpu(Box<GpuTrainer>),
 }
 
-impl AddingLoop {
-    fn new(backend: Backend, model: SeqModel<f32>, optimizer: OptimizerConfig) -> Result<Self> {
+impl TrainLoop {
+    /// Training of `model` from the state of `optimizer` on `backend`.
+    fn new(backend: Backend, model: SeqModel<f32>, optimizer: Optimizer<f32>) -> Result<Self> {
         Ok(match backend {
-            Backend::Cpu => {
-                let lens: Vec<usize> = model.tensors().iter().map(|t| t.len()).collect();
-                AddingLoop::Cpu {
-                    optimizer: Optimizer::new(optimizer, &lens)?,
-                    model: Box::new(model),
-                    losses: Vec::new(),
-                }
-            }
-            Backend::Gpu => AddingLoop::Gpu(Box::new(GpuTrainer::new(
+            Backend::Cpu => TrainLoop::Cpu {
+                model: Box::new(model),
+                optimizer,
+                losses: Vec::new(),
+            },
+            Backend::Gpu => TrainLoop::Gpu(Box::new(GpuTrainer::resume(
                 Arc::new(GpuContext::new()?),
                 &model,
-                optimizer,
+                &optimizer,
             )?)),
         })
     }
 
-    fn step(&mut self, x: &Array3<f32>, y: &Array2<f32>, clip: Clip) -> Result<()> {
-        let targets = Targets::Values(y.view());
+    fn step(
+        &mut self,
+        inputs: &Inputs<'_, f32>,
+        targets: &Targets<'_, f32>,
+        clip: Clip,
+        dropout: Option<DropoutKey>,
+    ) -> Result<()> {
         match self {
-            AddingLoop::Cpu {
+            TrainLoop::Cpu {
                 model,
                 optimizer,
                 losses,
             } => {
-                let inputs = Inputs::Features(x.view());
-                let stats = train_step(model, optimizer, &inputs, &targets, clip, None)?;
+                let stats = train_step(model, optimizer, inputs, targets, clip, dropout)?;
                 losses.push(stats.loss);
                 Ok(())
             }
-            AddingLoop::Gpu(trainer) => {
-                trainer.step(&Inputs::Features(x.view()), &targets, clip, None)
-            }
+            TrainLoop::Gpu(trainer) => trainer.step(inputs, targets, clip, dropout),
         }
     }
 
-    /// The training losses since the last call.
-    fn take_losses(&mut self) -> Result<Vec<f64>> {
+    /// The mean training loss since the last call.
+    fn take_mean_loss(&mut self) -> Result<f64> {
+        let losses = match self {
+            TrainLoop::Cpu { losses, .. } => std::mem::take(losses),
+            TrainLoop::Gpu(trainer) => trainer.take_losses()?,
+        };
+        Ok(losses.iter().sum::<f64>() / losses.len() as f64)
+    }
+
+    /// Evaluation loss (no dropout, no update).
+    fn evaluate(&self, inputs: &Inputs<'_, f32>, targets: &Targets<'_, f32>) -> Result<f64> {
         match self {
-            AddingLoop::Cpu { losses, .. } => Ok(std::mem::take(losses)),
-            AddingLoop::Gpu(trainer) => trainer.take_losses(),
+            TrainLoop::Cpu { model, .. } => Ok(model.loss(inputs, targets)? as f64),
+            TrainLoop::Gpu(trainer) => trainer.evaluate(inputs, targets),
         }
     }
 
-    fn evaluate(&self, x: &Array3<f32>, y: &Array2<f32>) -> Result<f64> {
-        let targets = Targets::Values(y.view());
+    /// The trained model and the optimizer state (read back from the GPU).
+    fn finish(self) -> Result<(SeqModel<f32>, Optimizer<f32>)> {
         match self {
-            AddingLoop::Cpu { model, .. } => {
-                Ok(model.loss(&Inputs::Features(x.view()), &targets)? as f64)
-            }
-            AddingLoop::Gpu(trainer) => trainer.evaluate(&Inputs::Features(x.view()), &targets),
+            TrainLoop::Cpu {
+                model, optimizer, ..
+            } => Ok((*model, optimizer)),
+            TrainLoop::Gpu(mut trainer) => Ok((trainer.model()?, trainer.optimizer()?)),
         }
     }
+}
 
-    fn into_model(self) -> Result<SeqModel<f32>> {
-        match self {
-            AddingLoop::Cpu { model, .. } => Ok(*model),
-            AddingLoop::Gpu(mut trainer) => trainer.model(),
-        }
-    }
+/// A fresh optimizer for every tensor of `model`.
+fn fresh_optimizer(model: &SeqModel<f32>, config: OptimizerConfig) -> Result<Optimizer<f32>> {
+    let lens: Vec<usize> = model.tensors().iter().map(|t| t.len()).collect();
+    Optimizer::new(config, &lens)
 }
 
 /// A progress bar over training steps with the last held-out loss as its message; drawn only
@@ -339,33 +278,39 @@ pub(crate) fn fit_adding(opts: &AddingOptions) -> Result<(SeqModel<f32>, TrainRe
     // The held-out batch comes from a generator stream training never uses.
     let (eval_x, eval_y) =
         adding_batch::<f32>(opts.seq_len, opts.eval_batch, opts.seed ^ 0x5EED_E7A1, 0)?;
-    let mut run = AddingLoop::new(opts.backend, model, adam)?;
+    let optimizer = fresh_optimizer(&model, adam)?;
+    let mut run = TrainLoop::new(opts.backend, model, optimizer)?;
+    let (eval_inputs, eval_targets) = (
+        Inputs::Features(eval_x.view()),
+        Targets::Values(eval_y.view()),
+    );
     let start = Instant::now();
     let mut history = vec![LossPoint {
         step: 0,
         epoch: None,
-        loss: run.evaluate(&eval_x, &eval_y)?,
+        loss: run.evaluate(&eval_inputs, &eval_targets)?,
         train_loss: f64::NAN,
     }];
     let bar = progress_bar(opts.steps);
     for step in 0..opts.steps {
         let (x, y) = adding_batch::<f32>(opts.seq_len, opts.batch, opts.seed, step as u64)?;
-        run.step(&x, &y, clip_of(opts.clip))?;
+        let (inputs, targets) = (Inputs::Features(x.view()), Targets::Values(y.view()));
+        run.step(&inputs, &targets, clip_of(opts.clip), None)?;
         bar.inc(1);
         if (step + 1) % opts.eval_every == 0 || step + 1 == opts.steps {
-            let interval = run.take_losses()?;
-            let loss = run.evaluate(&eval_x, &eval_y)?;
+            let train_loss = run.take_mean_loss()?;
+            let loss = run.evaluate(&eval_inputs, &eval_targets)?;
             bar.set_message(format!("held-out MSE {loss:.5}"));
             history.push(LossPoint {
                 step: step + 1,
                 epoch: None,
                 loss,
-                train_loss: interval.iter().sum::<f64>() / interval.len() as f64,
+                train_loss,
             });
         }
     }
     bar.finish_and_clear();
-    let model = run.into_model()?;
+    let (model, _) = run.finish()?;
     let final_value = history.last().map_or(f64::NAN, |p| p.loss);
     let report = TrainReport {
         task: "adding".into(),
@@ -433,6 +378,10 @@ pub struct CharLmOptions {
     pub held_out_fraction: f64,
     /// If set, the final model and optimizer state are saved here.
     pub checkpoint: Option<PathBuf>,
+    /// If set, training goes on from this checkpoint (same text and model options): from its
+    /// optimizer step up to `steps`, drawing the same batches and dropout masks as an
+    /// uninterrupted run.
+    pub resume: Option<PathBuf>,
     /// Characters sampled from the final model into [`TrainReport::sample`] (0: no sample).
     pub sample_len: usize,
     /// Fed to the model before sampling; the sample starts with it.
@@ -462,6 +411,7 @@ impl Default for CharLmOptions {
             eval_every: None,
             held_out_fraction: 0.1,
             checkpoint: None,
+            resume: None,
             sample_len: 200,
             sample_prime: "The ".into(),
             temperature: 0.8,
@@ -471,7 +421,7 @@ impl Default for CharLmOptions {
 
 /// Trains a character-level language model (f32) and reports held-out bits per character and
 /// perplexity per evaluation, then samples text from the final model (CPU). On the gpu backend
-/// the RNN layers run on the GPU; everything else on the host.
+/// the whole step runs on the GPU ([`GpuTrainer`]).
 pub fn train_charlm(opts: &CharLmOptions) -> Result<TrainReport> {
     check_positive(&[
         ("steps", opts.steps),
@@ -497,34 +447,41 @@ pub fn train_charlm(opts: &CharLmOptions) -> Result<TrainReport> {
         dropout: opts.dropout,
         readout: Readout::EveryStep,
     };
-    let mut model = SeqModel::<f32>::init(&config, opts.seed)?;
-    let lens: Vec<usize> = model.tensors().iter().map(|t| t.len()).collect();
-    let mut optimizer = Optimizer::new(OptimizerConfig::Adam(AdamConfig::new(opts.lr)), &lens)?;
+    let (model, optimizer) = match &opts.resume {
+        Some(path) => resume_charlm(path, &config, opts.steps)?,
+        None => {
+            let model = SeqModel::<f32>::init(&config, opts.seed)?;
+            let adam = OptimizerConfig::Adam(AdamConfig::new(opts.lr));
+            let optimizer = fresh_optimizer(&model, adam)?;
+            (model, optimizer)
+        }
+    };
+    let first_step = optimizer.step as usize;
     let eval_batches =
         corpus.sequential_batches(Split::HeldOut, opts.seq_len, opts.batch.min(8))?;
     let chars_per_step = opts.batch * opts.seq_len;
     let epoch_steps = corpus.train.len().div_ceil(chars_per_step);
     let eval_every = opts.eval_every.unwrap_or(epoch_steps);
     let epoch_at = |step: usize| Some((step * chars_per_step) as f64 / corpus.train.len() as f64);
-    let mut runner = Runner::new(opts.backend, &model)?;
-    let evaluate = |runner: &mut Runner, model: &SeqModel<f32>| -> Result<f64> {
+    let mut run = TrainLoop::new(opts.backend, model, optimizer)?;
+    let evaluate = |run: &TrainLoop| -> Result<f64> {
         let mut total = 0.0;
         for (x, y) in &eval_batches {
-            total += runner.loss(model, &Inputs::Tokens(x.view()), &Targets::Classes(y))?;
+            total += run.evaluate(&Inputs::Tokens(x.view()), &Targets::Classes(y))?;
         }
         Ok(nats_to_bits(total / eval_batches.len() as f64))
     };
     let start = Instant::now();
     let mut history = vec![LossPoint {
-        step: 0,
-        epoch: epoch_at(0),
-        loss: evaluate(&mut runner, &model)?,
+        step: first_step,
+        epoch: epoch_at(first_step),
+        loss: evaluate(&run)?,
         train_loss: f64::NAN,
     }];
-    let mut interval = Vec::new();
     let dropout_seed = (opts.seed as u32) ^ 0xD80F;
     let bar = progress_bar(opts.steps);
-    for step in 0..opts.steps {
+    bar.set_position(first_step as u64);
+    for step in first_step..opts.steps {
         let (x, y) = corpus.random_batch(
             Split::Train,
             opts.seq_len,
@@ -532,9 +489,7 @@ pub fn train_charlm(opts: &CharLmOptions) -> Result<TrainReport> {
             opts.seed,
             step as u64,
         )?;
-        let stats = runner.step(
-            &mut model,
-            &mut optimizer,
+        run.step(
             &Inputs::Tokens(x.view()),
             &Targets::Classes(&y),
             clip_of(opts.clip),
@@ -543,22 +498,22 @@ pub fn train_charlm(opts: &CharLmOptions) -> Result<TrainReport> {
                 step: step as u32,
             }),
         )?;
-        interval.push(nats_to_bits(stats.loss));
         bar.inc(1);
         if (step + 1) % eval_every == 0 || step + 1 == opts.steps {
-            let loss = evaluate(&mut runner, &model)?;
+            let train_loss = nats_to_bits(run.take_mean_loss()?);
+            let loss = evaluate(&run)?;
             bar.set_message(format!("held-out {loss:.3} bits/char"));
             history.push(LossPoint {
                 step: step + 1,
                 epoch: epoch_at(step + 1),
                 loss,
-                train_loss: interval.iter().sum::<f64>() / interval.len() as f64,
+                train_loss,
             });
-            interval.clear();
         }
     }
     bar.finish_and_clear();
     let seconds = start.elapsed().as_secs_f64();
+    let (model, optimizer) = run.finish()?;
     if let Some(path) = &opts.checkpoint {
         super::checkpoint::save_checkpoint(path, &model, &optimizer)?;
     }
@@ -595,6 +550,10 @@ pub fn train_charlm(opts: &CharLmOptions) -> Result<TrainReport> {
             ("lr".into(), json!(opts.lr)),
             ("clip".into(), json!(opts.clip)),
             ("seed".into(), json!(opts.seed)),
+            (
+                "resumed_at_step".into(),
+                json!(opts.resume.is_some().then_some(first_step)),
+            ),
             ("epoch_steps".into(), json!(epoch_steps)),
             ("eval_every".into(), json!(eval_every)),
             ("sample_prime".into(), json!(opts.sample_prime)),
@@ -606,4 +565,31 @@ pub fn train_charlm(opts: &CharLmOptions) -> Result<TrainReport> {
         seconds,
         sample,
     })
+}
+
+/// The model and optimizer of a character-LM checkpoint, checked against the run's model
+/// `config` and step count.
+fn resume_charlm(
+    path: &std::path::Path,
+    config: &SeqModelConfig,
+    steps: usize,
+) -> Result<(SeqModel<f32>, Optimizer<f32>)> {
+    let (model, optimizer) = super::checkpoint::load_checkpoint::<f32>(path)?;
+    if model.config != *config {
+        return Err(RnnError::Config(format!(
+            "checkpoint {} holds a model {:?}, these options make {:?} (same text, cell, \
+             embed, hidden, layers and dropout are needed to resume)",
+            path.display(),
+            model.config,
+            config
+        )));
+    }
+    if optimizer.step as usize > steps {
+        return Err(RnnError::Config(format!(
+            "checkpoint {} is at step {}, beyond steps = {steps}",
+            path.display(),
+            optimizer.step
+        )));
+    }
+    Ok((model, optimizer))
 }
