@@ -182,9 +182,11 @@ def compare(wgpu_records, torch_records):
         if key(r) not in cases:
             cases.append(key(r))
     print(f"{'case':<40} {'wgpu gpu':>10} {'wgpu cpu':>10} {'cuda fp32':>10} {'cuda tf32':>10} "
-          f"{'torch cpu':>10} {'fp32/gpu':>9}  (median ms)")
+          f"{'torch cpu':>10} {'fp32/gpu':>9}  (median wall ms, to a device sync)")
     for k in cases:
-        mine = {r["backend"]: r["ms_median"] for r in wgpu_records if key(r) == k}
+        # wgpu-rnn's wall median (its ms_median may be timestamp GPU time): torch's is wall.
+        mine = {r["backend"]: r.get("ms_wall_median", r["ms_median"])
+                for r in wgpu_records if key(r) == k}
         gpu, cpu = mine.get("gpu"), mine.get("cpu")
         fp32, tf32 = torch_ms(k, "cuda", False), torch_ms(k, "cuda", True)
         torch_cpu = torch_ms(k, "cpu", False)

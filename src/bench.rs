@@ -2,11 +2,12 @@
 //! reference and on the GPU with the same seeded inputs, with an agreement check, a text table,
 //! JSON records (the schema `benches/torch_baseline.py` writes) and a bar chart.
 //!
-//! What a GPU timing includes: the wall time of one `GpuRnn::forward_gpu` (or
-//! `forward_train_gpu` + `backward_gpu`) call followed by [`GpuContext::sync`]: allocating the
-//! result buffers, recording and running the whole sequence. Inputs and parameters are uploaded
-//! once per case and results stay on the GPU, as with cuDNN's figures; the agreement check reads
-//! them back once, outside the timed region.
+//! What a GPU timing includes: one `GpuRnn::forward_gpu` (or `forward_train_gpu` +
+//! `backward_gpu`) call followed by [`GpuContext::sync`]: allocating the result buffers,
+//! recording and running the whole sequence. Inputs and parameters are uploaded once per case and
+//! results stay on the GPU, as with cuDNN's figures; the agreement check reads them back once,
+//! outside the timed region. Each repetition has a wall time and, when the device has timestamp
+//! queries, the GPU time of its compute passes ([`GpuContext::start_pass_timing`]).
 
 use crate::batch::{ForwardOutput, Gradients, SequenceBatch, UpstreamGrads};
 use crate::config::{CellKind, Nonlinearity, RnnConfig};
@@ -229,26 +230,43 @@ pub struct Timing {
     pub reps: usize,
     /// [`BenchCase::flops`] / median time.
     pub gflops: f64,
-    /// How time was taken: `"wall"` (host clock, ending after a device sync on the GPU).
+    /// How `median_ms`, `min_ms` and `mean_ms` were taken: `"timestamp"` (GPU time of the
+    /// kernels' compute passes, from timestamp queries) or `"wall"` (host clock, ending after a
+    /// device sync on the GPU).
     pub timer: &'static str,
+    /// Median host wall time of the same repetitions (ending after a device sync on the GPU):
+    /// `median_ms` when `timer` is `"wall"`.
+    pub wall_median_ms: f64,
+}
+
+/// The median of `times` (sorted in place).
+fn median(times: &mut [f64]) -> f64 {
+    times.sort_by(f64::total_cmp);
+    let n = times.len();
+    if n % 2 == 1 {
+        times[n / 2]
+    } else {
+        0.5 * (times[n / 2 - 1] + times[n / 2])
+    }
 }
 
 impl Timing {
-    fn from_ms(mut times: Vec<f64>, flops: f64) -> Self {
-        times.sort_by(f64::total_cmp);
-        let n = times.len();
-        let median_ms = if n % 2 == 1 {
-            times[n / 2]
-        } else {
-            0.5 * (times[n / 2 - 1] + times[n / 2])
+    /// Statistics of `wall` times and, when every repetition had one, `device` times (ms).
+    fn new(mut wall: Vec<f64>, device: Option<Vec<f64>>, flops: f64) -> Self {
+        let wall_median_ms = median(&mut wall);
+        let (mut times, timer) = match device {
+            Some(device) => (device, "timestamp"),
+            None => (wall, "wall"),
         };
+        let median_ms = median(&mut times);
         Timing {
             median_ms,
             min_ms: times[0],
-            mean_ms: times.iter().sum::<f64>() / n as f64,
-            reps: n,
+            mean_ms: times.iter().sum::<f64>() / times.len() as f64,
+            reps: times.len(),
             gflops: flops / (median_ms * 1e-3) / 1e9,
-            timer: "wall",
+            timer,
+            wall_median_ms,
         }
     }
 }
@@ -265,9 +283,9 @@ pub struct BenchResult {
 }
 
 impl BenchResult {
-    /// CPU median / GPU median, when both ran.
+    /// CPU wall median / GPU wall median, when both ran.
     pub fn speedup(&self) -> Option<f64> {
-        Some(self.cpu.as_ref()?.median_ms / self.gpu.as_ref()?.median_ms)
+        Some(self.cpu.as_ref()?.wall_median_ms / self.gpu.as_ref()?.wall_median_ms)
     }
 
     /// Whether the GPU disagreed with the CPU beyond [`AGREEMENT_TOLERANCE`].
@@ -301,9 +319,19 @@ impl BenchReport {
     pub fn table(&self) -> String {
         let mut out = String::new();
         if let Some((name, backend)) = &self.adapter {
+            let timestamps = self
+                .results
+                .iter()
+                .filter_map(|r| r.gpu.as_ref())
+                .all(|t| t.timer == "timestamp");
+            let timer = if timestamps {
+                "GPU time of the kernels' compute passes (timestamp queries)"
+            } else {
+                "wall time to a device sync"
+            };
             out += &format!(
-                "GPU: {name} ({backend}); wall time to a device sync, inputs already on the GPU, \
-                 results left there\n"
+                "GPU: {name} ({backend}); {timer}; `GPU wall`: wall time to a device sync; inputs \
+                 already on the GPU, results left there; GPU/CPU from wall times\n"
             );
         }
         out += &format!("CPU: {}\n", self.cpu_name);
@@ -315,7 +343,7 @@ impl BenchReport {
             .unwrap_or(4)
             .max(4);
         out += &format!(
-            "{:<label_width$} | {:>10} {:>10} {:>8} | {:>10} {:>10} {:>8} | {:>8} | {:>8}\n",
+            "{:<label_width$} | {:>10} {:>10} {:>8} | {:>10} {:>10} {:>8} {:>10} | {:>8} | {:>8}\n",
             "case",
             "CPU med ms",
             "CPU min",
@@ -323,10 +351,11 @@ impl BenchReport {
             "GPU med ms",
             "GPU min",
             "GFLOP/s",
+            "GPU wall",
             "GPU/CPU",
             "rel err"
         );
-        out += &format!("{}\n", "-".repeat(label_width + 87));
+        out += &format!("{}\n", "-".repeat(label_width + 98));
         let timing_cells = |t: &Option<Timing>| match t {
             Some(t) => format!(
                 "{:>10.3} {:>10.3} {:>8}",
@@ -345,11 +374,16 @@ impl BenchReport {
                 Some(e) => format!("{e:.1e}"),
                 None => "-".to_string(),
             };
+            let gpu_wall = r
+                .gpu
+                .as_ref()
+                .map_or_else(|| "-".to_string(), |t| format!("{:.3}", t.wall_median_ms));
             out += &format!(
-                "{:<label_width$} | {} | {} | {:>8} | {:>8}\n",
+                "{:<label_width$} | {} | {} {:>10} | {:>8} | {:>8}\n",
                 r.case.label(),
                 timing_cells(&r.cpu),
                 timing_cells(&r.gpu),
+                gpu_wall,
                 speedup,
                 err
             );
@@ -390,6 +424,7 @@ impl BenchReport {
                     "warmup": self.warmup,
                     "gflops": t.gflops,
                     "timer": t.timer,
+                    "ms_wall_median": t.wall_median_ms,
                     "includes_transfers": false,
                     "max_rel_err": r.max_rel_err,
                     "git_commit": self.git_commit,
@@ -609,7 +644,9 @@ impl GpuInputSet {
     }
 
     /// One timed GPU repetition: results stay on the GPU; ends when the device is idle.
-    fn run(&self, ctx: &GpuContext, model: &GpuRnn, mode: Mode) -> Result<()> {
+    /// Returns the GPU time of its compute passes when the device has timestamp queries.
+    fn run(&self, ctx: &GpuContext, model: &GpuRnn, mode: Mode) -> Result<Option<f64>> {
+        let timed = ctx.start_pass_timing();
         let mut batch = GpuSequenceBatch::new(&self.input).h0(&self.h0);
         if let Some(c0) = &self.c0 {
             batch = batch.c0(c0);
@@ -625,7 +662,12 @@ impl GpuInputSet {
                 drop(model.backward_gpu(&tape, &upstream)?);
             }
         }
-        ctx.sync()
+        ctx.sync()?;
+        if timed {
+            ctx.stop_pass_timing()
+        } else {
+            Ok(None)
+        }
     }
 }
 
@@ -639,7 +681,7 @@ fn run_case(
     let flops = case.flops();
     let cpu = if opts.backend.runs_cpu() {
         Some(time_reps(opts, flops, |i| {
-            cpu_run(&data, &data.sets[i % INPUT_SETS], case.mode).map(drop)
+            cpu_run(&data, &data.sets[i % INPUT_SETS], case.mode).map(|_| None)
         })?)
     } else {
         None
@@ -670,11 +712,12 @@ fn run_case(
     })
 }
 
-/// Runs `run(i)` for warmup and then for timed repetitions, each within [`TIME_BUDGET_S`].
+/// Runs `run(i)` for warmup and then for timed repetitions, each within [`TIME_BUDGET_S`];
+/// `run` returns the repetition's device time (ms) when it has one.
 fn time_reps(
     opts: &BenchOptions,
     flops: f64,
-    mut run: impl FnMut(usize) -> Result<()>,
+    mut run: impl FnMut(usize) -> Result<Option<f64>>,
 ) -> Result<Timing> {
     let warmup_start = Instant::now();
     for i in 0..opts.warmup {
@@ -683,19 +726,21 @@ fn time_reps(
         }
         run(i)?;
     }
-    let mut times = Vec::with_capacity(opts.reps);
+    let mut wall = Vec::with_capacity(opts.reps);
+    let mut device = Vec::with_capacity(opts.reps);
     let mut spent = 0.0;
     for i in 0..opts.reps {
         if spent > TIME_BUDGET_S {
             break;
         }
         let start = Instant::now();
-        run(opts.warmup + i)?;
+        device.extend(run(opts.warmup + i)?);
         let seconds = start.elapsed().as_secs_f64();
         spent += seconds;
-        times.push(seconds * 1e3);
+        wall.push(seconds * 1e3);
     }
-    Ok(Timing::from_ms(times, flops))
+    let device = (device.len() == wall.len()).then_some(device);
+    Ok(Timing::new(wall, device, flops))
 }
 
 /// The largest relative error over every output and gradient tensor the two runs share.

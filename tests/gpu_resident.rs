@@ -359,3 +359,37 @@ fn inference_workspace_is_bounded_beyond_the_output() {
     }
     ctx.sync().expect("no device error was recorded");
 }
+
+/// Pass timing: off until started, a positive finite GPU time for the passes of a forward
+/// while on (when the device has timestamp queries; CI's lavapipe has), off again after a stop;
+/// timing does not change results.
+#[test]
+fn pass_timing_measures_the_sequence_kernels_and_changes_nothing() {
+    let Some(ctx) = common::gpu() else { return };
+    assert_eq!(ctx.stop_pass_timing().expect("stop"), None);
+    let config = RnnConfig::new(CellKind::Gru, 5, 33);
+    let params = RnnParams::init(&config, 3).expect("init");
+    let model = GpuRnn::new(Arc::clone(&ctx), &params).expect("upload");
+    let input = upload(&ctx, "x", &random3(4, (17, 3, 5)));
+    let run = || {
+        let out = model
+            .forward_gpu(&GpuSequenceBatch::new(&input))
+            .expect("forward_gpu");
+        out.output.to_vec(&ctx).expect("readback")
+    };
+    let untimed = run();
+    let timed_on = ctx.start_pass_timing();
+    let has_timestamps = ctx.features().contains(wgpu::Features::TIMESTAMP_QUERY);
+    assert_eq!(timed_on, has_timestamps);
+    let timed = run();
+    let ms = ctx.stop_pass_timing().expect("stop");
+    assert_eq!(untimed, timed, "results changed under timing");
+    if has_timestamps {
+        let ms = ms.expect("a time while timing was on");
+        assert!(ms.is_finite() && ms > 0.0, "GPU time {ms} ms");
+    } else {
+        assert_eq!(ms, None);
+    }
+    run();
+    assert_eq!(ctx.stop_pass_timing().expect("stop"), None, "timing stays off");
+}

@@ -112,41 +112,8 @@ impl GpuTensor {
             ctx.sync()?;
             return Ok(Vec::new());
         }
-        let size = self.len as u64 * F32_BYTES;
-        let staging = ctx.device().create_buffer(&wgpu::BufferDescriptor {
-            label: Some("readback staging"),
-            size,
-            usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
-            mapped_at_creation: false,
-        });
-        let mut encoder = ctx
-            .device()
-            .create_command_encoder(&wgpu::CommandEncoderDescriptor {
-                label: Some("readback"),
-            });
-        encoder.copy_buffer_to_buffer(&self.buffer, 0, &staging, 0, size);
-        ctx.queue().submit([encoder.finish()]);
-
-        let (sender, receiver) = futures_intrusive::channel::shared::oneshot_channel();
-        staging.map_async(wgpu::MapMode::Read, .., move |mapped| {
-            sender.send(mapped).ok();
-        });
-        ctx.sync()?;
-        let mapped = pollster::block_on(receiver.receive()).ok_or_else(|| {
-            RnnError::Device(format!(
-                "readback of `{}`: map callback never ran",
-                self.label
-            ))
-        })?;
-        mapped.map_err(|e| RnnError::Device(format!("mapping `{}`: {e}", self.label)))?;
-        let values = {
-            let view = staging
-                .get_mapped_range(..)
-                .map_err(|e| RnnError::Device(format!("mapped range of `{}`: {e}", self.label)))?;
-            bytemuck::cast_slice::<u8, f32>(&view).to_vec()
-        };
-        staging.unmap();
-        Ok(values)
+        let bytes = read_bytes(ctx, &self.buffer, self.len as u64 * F32_BYTES, &self.label)?;
+        Ok(bytemuck::pod_collect_to_vec(&bytes))
     }
 
     /// Reads back into an array of `shape()`.
@@ -192,4 +159,42 @@ fn buffer_size(ctx: &GpuContext, label: &str, shape: &[usize], len: usize) -> Re
         ));
     }
     Ok(bytes.max(F32_BYTES))
+}
+
+/// Waits for all submitted work and reads back the first `size` bytes of `buffer` (which must
+/// allow `COPY_SRC`); `label` names it in errors.
+pub(crate) fn read_bytes(
+    ctx: &GpuContext,
+    buffer: &wgpu::Buffer,
+    size: u64,
+    label: &str,
+) -> Result<Vec<u8>> {
+    let staging = ctx.device().create_buffer(&wgpu::BufferDescriptor {
+        label: Some("readback staging"),
+        size,
+        usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
+        mapped_at_creation: false,
+    });
+    let mut encoder = ctx
+        .device()
+        .create_command_encoder(&wgpu::CommandEncoderDescriptor {
+            label: Some("readback"),
+        });
+    encoder.copy_buffer_to_buffer(buffer, 0, &staging, 0, size);
+    ctx.queue().submit([encoder.finish()]);
+
+    let (sender, receiver) = futures_intrusive::channel::shared::oneshot_channel();
+    staging.map_async(wgpu::MapMode::Read, .., move |mapped| {
+        sender.send(mapped).ok();
+    });
+    ctx.sync()?;
+    let mapped = pollster::block_on(receiver.receive())
+        .ok_or_else(|| RnnError::Device(format!("readback of `{label}`: map callback never ran")))?;
+    mapped.map_err(|e| RnnError::Device(format!("mapping `{label}`: {e}")))?;
+    let bytes = staging
+        .get_mapped_range(..)
+        .map_err(|e| RnnError::Device(format!("mapped range of `{label}`: {e}")))?
+        .to_vec();
+    staging.unmap();
+    Ok(bytes)
 }

@@ -4,6 +4,7 @@ use std::collections::HashMap;
 use std::fmt;
 use std::sync::{Arc, Mutex};
 
+use super::timer::PassTimer;
 use crate::error::{Result, RnnError};
 
 /// Optional features requested when the adapter offers them.
@@ -225,6 +226,8 @@ pub struct GpuContext {
     /// Shader modules by source address and length.
     modules: Mutex<HashMap<(usize, usize), wgpu::ShaderModule>>,
     pipelines: Mutex<HashMap<CacheKey, Arc<wgpu::ComputePipeline>>>,
+    /// Set while compute passes are timed ([`GpuContext::start_pass_timing`]).
+    pass_timer: Mutex<Option<PassTimer>>,
 }
 
 impl fmt::Debug for GpuContext {
@@ -300,6 +303,7 @@ impl GpuContext {
             errors,
             modules: Mutex::new(HashMap::new()),
             pipelines: Mutex::new(HashMap::new()),
+            pass_timer: Mutex::new(None),
         })
     }
 
@@ -450,6 +454,32 @@ impl GpuContext {
         polled
             .map(|_| ())
             .map_err(|e| RnnError::Device(format!("waiting for the GPU: {e}")))
+    }
+
+    /// Starts timing the library's compute passes on the GPU (see [`GpuContext::stop_pass_timing`]).
+    /// Returns false, and times nothing, when the device lacks `TIMESTAMP_QUERY`.
+    pub fn start_pass_timing(&self) -> bool {
+        if !self.features().contains(wgpu::Features::TIMESTAMP_QUERY) {
+            return false;
+        }
+        lock(&self.pass_timer)
+            .get_or_insert_with(|| PassTimer::new(&self.device))
+            .start();
+        true
+    }
+
+    /// Waits for the GPU, stops timing and returns the GPU time of the compute passes recorded
+    /// since [`GpuContext::start_pass_timing`] (ms, summed), or `None` if timing was not on.
+    pub fn stop_pass_timing(&self) -> Result<Option<f64>> {
+        match lock(&self.pass_timer).as_mut() {
+            Some(timer) if timer.is_active() => timer.stop(self).map(Some),
+            _ => Ok(None),
+        }
+    }
+
+    /// The timestamp writes of the next compute pass while timing is on.
+    pub(crate) fn pass_timestamps(&self) -> Option<(wgpu::QuerySet, u32)> {
+        lock(&self.pass_timer).as_mut()?.next_pass()
     }
 
     /// Returns the errors recorded since the last check without waiting for the GPU.

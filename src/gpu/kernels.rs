@@ -476,9 +476,16 @@ impl<'k> Recorder<'k> {
                 encode_copies(&mut encoder, &self.before);
             }
             {
+                let timestamps = self.ctx.pass_timestamps();
                 let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
                     label: Some("sequence"),
-                    timestamp_writes: None,
+                    timestamp_writes: timestamps.as_ref().map(|(query_set, start)| {
+                        wgpu::ComputePassTimestampWrites {
+                            query_set,
+                            beginning_of_pass_write_index: Some(*start),
+                            end_of_pass_write_index: Some(start + 1),
+                        }
+                    }),
                 });
                 let mut current: Option<&wgpu::ComputePipeline> = None;
                 for d in group {

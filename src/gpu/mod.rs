@@ -5,6 +5,7 @@ pub mod context;
 pub(crate) mod kernels;
 pub mod model;
 mod sequence;
+mod timer;
 
 pub use buffer::GpuTensor;
 pub use context::{enumerate_adapters, AdapterSummary, GpuContext, GpuOptions, PipelineKey};
