@@ -6,14 +6,19 @@
 //   const GRAD_PLANES: u32  1 when dG_x = dG_h, 2 when they differ (GRU)
 //   fn cell_forward(xg, hg, h_prev, c_prev) -> CellForward
 //   fn cell_backward(dh, dc, saved, h_prev, c_prev, c_cur) -> CellBackward
-// Workgroup: WJ hidden units x WB batch rows; one invocation owns all gates of unit j, row b.
+// Tiled step kernels: a workgroup of WJ x WB invocations covers WJ hidden units and WB·RB batch
+// rows; invocation (x, y) owns all gates of unit j0 + x for the RB rows b0 + y + WB·r, so each
+// W_hh value read from workgroup memory feeds RB rows (register blocking over the batch).
 // Rows of state-like buffers are (B, H); a "slot" offset selects one (B, H) block.
 
-const WJ: u32 = 64u;
-const WB: u32 = 4u;
-const TK: u32 = 8u;
+const WJ: u32 = 32u;
+const WB: u32 = 8u;
+const RB_TILE: u32 = 2u;
+// Batch rows per workgroup.
+const ROWS: u32 = WB * RB_TILE;
+const TK: u32 = 16u;
 // Padded row length of the W_hh tile in workgroup memory.
-const TKP: u32 = 9u;
+const TKP: u32 = 17u;
 
 // Logistic without overflow or cancellation: exp only of non-positive arguments.
 fn sigmoid(x: f32) -> f32 {
@@ -82,10 +87,10 @@ struct ForwardStep {
 @group(0) @binding(7) var<storage, read_write> output: array<f32>;       // (T or T_c, B, D·H)
 @group(0) @binding(8) var<storage, read_write> saved: array<f32>;        // (T, B, S·H), training only
 
-var<workgroup> h_tile: array<f32, WB * TK>;           // (WB, TK) of h_{t-1}
+var<workgroup> h_tile: array<f32, ROWS * TK>;         // (ROWS, TK) of h_{t-1}
 var<workgroup> w_tile: array<f32, GATES * WJ * TKP>;  // (G·WJ, TKP): rows g·H + j of W_hh
 
-@compute @workgroup_size(64, 4, 1)
+@compute @workgroup_size(32, 8, 1)
 fn forward_step(
     @builtin(workgroup_id) wg: vec3<u32>,
     @builtin(local_invocation_id) lid: vec3<u32>,
@@ -93,22 +98,21 @@ fn forward_step(
 ) {
     let B = fp.batch;
     let H = fp.hidden;
-    let GH = GATES * H;
     let j0 = wg.x * WJ;
-    let b0 = wg.y * WB;
+    let b0 = wg.y * ROWS;
     let j = j0 + lid.x;
-    let b = b0 + lid.y;
 
-    var acc = array<f32, 4>(0.0, 0.0, 0.0, 0.0);
+    // acc[r·4 + g]: gate g of unit j, row b0 + lid.y + WB·r.
+    var acc = array<f32, 4 * RB_TILE>();
     for (var k0 = 0u; k0 < H; k0 += TK) {
-        if li < WB * TK {
-            let bb = b0 + li / TK;
-            let k = k0 + li % TK;
+        for (var e = li; e < ROWS * TK; e += WJ * WB) {
+            let bb = b0 + e / TK;
+            let k = k0 + e % TK;
             var v = 0.0;
             if bb < B && k < H {
                 v = h_states[fp.read_slot + bb * H + k];
             }
-            h_tile[li] = v;
+            h_tile[e] = v;
         }
         for (var e = li; e < GATES * WJ * TK; e += WJ * WB) {
             let row = e / TK;
@@ -124,23 +128,32 @@ fn forward_step(
         }
         workgroupBarrier();
         for (var kk = 0u; kk < TK; kk++) {
-            let hv = h_tile[lid.y * TK + kk];
+            var w = array<f32, 4>();
             for (var g = 0u; g < GATES; g++) {
-                acc[g] += w_tile[(g * WJ + lid.x) * TKP + kk] * hv;
+                w[g] = w_tile[(g * WJ + lid.x) * TKP + kk];
+            }
+            for (var r = 0u; r < RB_TILE; r++) {
+                let hv = h_tile[(lid.y + WB * r) * TK + kk];
+                for (var g = 0u; g < GATES; g++) {
+                    acc[r * 4u + g] += w[g] * hv;
+                }
             }
         }
         workgroupBarrier();
     }
 
-    if j < H && b < B {
-        finish_forward(j, b, acc);
+    for (var r = 0u; r < RB_TILE; r++) {
+        let b = b0 + lid.y + WB * r;
+        if j < H && b < B {
+            finish_forward(j, b, array<f32, 4>(acc[r * 4u], acc[r * 4u + 1u], acc[r * 4u + 2u], acc[r * 4u + 3u]));
+        }
     }
 }
 
 // Small-batch forward step (B ≤ RB): one workgroup per hidden unit j, whose RW invocations
 // split k and accumulate every gate of unit j for every batch row, then a tree reduction in
 // workgroup memory (fixed order: deterministic). H workgroups keep a large GPU busy where the
-// tiled kernel above would launch only H/64.
+// tiled kernel above launches only H/32 for B ≤ 16.
 const RW: u32 = 64u;
 const RB: u32 = 4u;
 
@@ -277,9 +290,9 @@ struct BackwardStep {
 @group(0) @binding(7) var<storage, read_write> d_gates: array<f32>;      // (GRAD_PLANES, T, B, G·H)
 @group(0) @binding(8) var<storage, read_write> carry: array<f32>;        // (2, 2, B, H): slot, (dh, dc)
 
-var<workgroup> dg_tile: array<f32, WB * TK>;  // (WB, TK) of dG_h[t_prev]
+var<workgroup> dg_tile: array<f32, ROWS * TK>;  // (ROWS, TK) of dG_h[t_prev]
 
-@compute @workgroup_size(64, 4, 1)
+@compute @workgroup_size(32, 8, 1)
 fn backward_step(
     @builtin(workgroup_id) wg: vec3<u32>,
     @builtin(local_invocation_id) lid: vec3<u32>,
@@ -289,37 +302,49 @@ fn backward_step(
     let H = bp.hidden;
     let GH = GATES * H;
     let j = wg.x * WJ + lid.x;
-    let b0 = wg.y * WB;
-    let b = b0 + lid.y;
+    let b0 = wg.y * ROWS;
 
-    // dh through W_hh from the step processed before: dG_h[t_prev] (B, G·H) · W_hh (G·H, H).
-    var dh_rec = 0.0;
+    // dh through W_hh from the step processed before: dG_h[t_prev] (B, G·H) · W_hh (G·H, H);
+    // dh_rec[r] for row b0 + lid.y + WB·r.
+    var dh_rec = array<f32, RB_TILE>();
     if bp.has_prev != 0u {
         let base = bp.dgh_off + bp.t_prev * B * GH;
         for (var k0 = 0u; k0 < GH; k0 += TK) {
-            if li < WB * TK {
-                let bb = b0 + li / TK;
-                let k = k0 + li % TK;
+            for (var e = li; e < ROWS * TK; e += WJ * WB) {
+                let bb = b0 + e / TK;
+                let k = k0 + e % TK;
                 var v = 0.0;
                 if bb < B && k < GH {
                     v = d_gates[base + bb * GH + k];
                 }
-                dg_tile[li] = v;
+                dg_tile[e] = v;
             }
             workgroupBarrier();
             if j < H {
                 let kend = min(TK, GH - k0);
                 for (var kk = 0u; kk < kend; kk++) {
-                    dh_rec += dg_tile[lid.y * TK + kk] * bw_hh[(k0 + kk) * H + j];
+                    let w = bw_hh[(k0 + kk) * H + j];
+                    for (var r = 0u; r < RB_TILE; r++) {
+                        dh_rec[r] += dg_tile[(lid.y + WB * r) * TK + kk] * w;
+                    }
                 }
             }
             workgroupBarrier();
         }
     }
-
-    if j >= H || b >= B {
-        return;
+    for (var r = 0u; r < RB_TILE; r++) {
+        let b = b0 + lid.y + WB * r;
+        if j < H && b < B {
+            finish_backward(j, b, dh_rec[r]);
+        }
     }
+}
+
+// The cell backward of unit j, batch row b at step bp.t, given dh_rec = (dG_h[t_prev]·W_hh)[b, j].
+fn finish_backward(j: u32, b: u32, dh_rec: f32) {
+    let B = bp.batch;
+    let H = bp.hidden;
+    let GH = GATES * H;
     let BH = B * H;
     let unit = b * H + j;
     let dh_total = carry[bp.carry_read + unit] + dh_rec;

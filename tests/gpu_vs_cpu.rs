@@ -294,9 +294,10 @@ fn sweep(cell: CellKind, seed: u64) -> Vec<Case> {
             seed: seed + 1,
             ..base.clone()
         },
+        // B = 33: three 16-row step tiles, the last ragged, and both rows of each invocation.
         Case {
             h: 33,
-            b: 5,
+            b: 33,
             t: 2,
             i: 7,
             layers: 3,

@@ -55,7 +55,7 @@ fn cell_constants(cell: CellKind) -> Vec<(&'static str, f64)> {
 }
 
 /// Hidden units per step workgroup (x) and batch rows per step workgroup (y); see recurrent.wgsl.
-pub(crate) const STEP_TILE: (usize, usize) = (64, 4);
+pub(crate) const STEP_TILE: (usize, usize) = (32, 16);
 /// Largest batch of recurrent.wgsl `forward_step_rows` (its `RB`), which runs one workgroup
 /// per hidden unit.
 pub(crate) const STEP_ROWS_MAX_BATCH: usize = 4;
