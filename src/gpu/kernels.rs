@@ -1,5 +1,6 @@
 //! Kernel families (WGSL source, entry point, bindings, override constants), their pipelines,
-//! and [`Recorder`], which records a whole sequence of dispatches into one compute pass.
+//! and [`Recorder`], which records a whole sequence of dispatches and submits it in a few
+//! compute passes.
 //!
 //! Every kernel reads its parameters from binding 0, a uniform at a dynamic offset into one
 //! buffer that holds the parameters of every dispatch of the pass. That needs explicit bind
@@ -248,9 +249,12 @@ struct BufferCopy {
 /// panics when another thread waits for that lock more than 6 s, which a software GL
 /// (llvmpipe) takes for a few thousand dispatches: smaller submits keep each hold short.
 const GL_DISPATCHES_PER_SUBMIT: usize = 256;
+/// Dispatches in the first submit of a recording; each later submit doubles (see
+/// [`submit_groups`]).
+const FIRST_SUBMIT: usize = 16;
 
-/// Records copies, then one compute pass of dispatches, then copies, and submits them at once
-/// (in submits of [`GL_DISPATCHES_PER_SUBMIT`] dispatches on the GL backend).
+/// Records copies, then the dispatches in compute passes of growing size (one submit each, at
+/// most [`GL_DISPATCHES_PER_SUBMIT`] dispatches on the GL backend), then copies.
 ///
 /// Offsets and sizes given to it are in f32 elements.
 pub(crate) struct Recorder<'k> {
@@ -411,7 +415,7 @@ impl<'k> Recorder<'k> {
         self.after.push(copy(src, src_off, dst, dst_off, len));
     }
 
-    /// Encodes everything into one command buffer and submits it.
+    /// Encodes everything and submits it in [`submit_groups`] order.
     pub fn submit(self) -> Result<()> {
         let device = self.ctx.device();
         let max = self.ctx.limits().max_buffer_size;
@@ -457,16 +461,12 @@ impl<'k> Recorder<'k> {
                 })
             })
             .collect();
-        let per_submit = if self.ctx.adapter_info().backend == wgpu::Backend::Gl {
+        let max_per_submit = if self.ctx.adapter_info().backend == wgpu::Backend::Gl {
             GL_DISPATCHES_PER_SUBMIT
         } else {
             usize::MAX
         };
-        let groups: Vec<&[Dispatch]> = if self.dispatches.is_empty() {
-            vec![&[]]
-        } else {
-            self.dispatches.chunks(per_submit).collect()
-        };
+        let groups = submit_groups(&self.dispatches, max_per_submit);
         let last = groups.len() - 1;
         for (index, group) in groups.into_iter().enumerate() {
             let mut encoder = device.create_command_encoder(&wgpu::CommandEncoderDescriptor {
@@ -506,6 +506,25 @@ impl<'k> Recorder<'k> {
     }
 }
 
+/// Splits `dispatches` into submits of FIRST_SUBMIT, then twice as many each time (at most
+/// `max` each; one empty group when there is nothing). The GPU starts on the first steps while
+/// the host still encodes the later ones, so little of the recording time adds to the wall time.
+fn submit_groups<T>(dispatches: &[T], max: usize) -> Vec<&[T]> {
+    let mut groups = Vec::new();
+    let mut rest = dispatches;
+    let mut size = FIRST_SUBMIT.min(max);
+    while !rest.is_empty() {
+        let (group, tail) = rest.split_at(size.min(rest.len()));
+        groups.push(group);
+        rest = tail;
+        size = (2 * size).min(max);
+    }
+    if groups.is_empty() {
+        groups.push(dispatches);
+    }
+    groups
+}
+
 fn encode_copies(encoder: &mut wgpu::CommandEncoder, copies: &[BufferCopy]) {
     for c in copies {
         encoder.copy_buffer_to_buffer(
@@ -531,5 +550,25 @@ fn copy(
         destination: dst.clone(),
         destination_offset: dst_off as u64 * F32,
         size: len as u64 * F32,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::submit_groups;
+
+    #[test]
+    fn submit_groups_double_from_the_first_and_respect_the_cap() {
+        let sizes = |n: usize, max: usize| -> Vec<usize> {
+            let items: Vec<usize> = (0..n).collect();
+            let groups = submit_groups(&items, max);
+            assert_eq!(groups.concat(), items, "every dispatch once, in order");
+            groups.iter().map(|g| g.len()).collect()
+        };
+        assert_eq!(sizes(0, usize::MAX), vec![0]);
+        assert_eq!(sizes(5, usize::MAX), vec![5]);
+        assert_eq!(sizes(101, usize::MAX), vec![16, 32, 53]);
+        assert_eq!(sizes(1000, 256), vec![16, 32, 64, 128, 256, 256, 248]);
+        assert_eq!(sizes(3, 2), vec![2, 1]);
     }
 }

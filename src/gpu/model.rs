@@ -415,14 +415,14 @@ impl GpuRnn {
         Ok((output.to_host()?, tape))
     }
 
-    /// Inference on GPU tensors: one compute pass and one submit, or one per time chunk
+    /// Inference on GPU tensors: one recording for the whole sequence, or one per time chunk
     /// ([`GpuRnn::with_time_chunk`]); two state slots per layer and direction. Nothing is read
     /// back: the results can feed the next call.
     pub fn forward_gpu(&self, batch: &GpuSequenceBatch<'_>) -> Result<GpuForwardOutput> {
         Ok(self.run_forward(batch, StateLayout::PingPong)?.0)
     }
 
-    /// Training forward on GPU tensors: like [`GpuRnn::forward_gpu`] in one submit, and keeps
+    /// Training forward on GPU tensors: like [`GpuRnn::forward_gpu`] in one recording, and keeps
     /// on the GPU what backward needs (the tape owns a copy of the input).
     pub fn forward_train_gpu(
         &self,
@@ -547,7 +547,7 @@ impl GpuRnn {
     }
 
     /// Backpropagation through time on GPU tensors: d loss / d (parameters, input, h0, c0),
-    /// in one compute pass and one submit. Nothing is read back.
+    /// in one recording. Nothing is read back.
     pub fn backward_gpu(
         &self,
         tape: &GpuTape,

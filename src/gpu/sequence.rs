@@ -1,5 +1,5 @@
 //! The sequence driver: records the forward or backward pass of every layer, direction and time
-//! step into one compute pass (see [`Recorder`]). One driver serves all cells: a cell is its
+//! step into one recording (see [`Recorder`]: submitted in a few growing compute passes). One driver serves all cells: a cell is its
 //! gate count, its saved activations and its two fused step kernels.
 //!
 //! Data flow, forward, per layer l and direction d:
@@ -307,8 +307,8 @@ pub(crate) struct ForwardIo<'a> {
     pub c_n: Option<&'a GpuTensor>,
 }
 
-/// Runs a whole forward pass: all layers, directions and time steps, one compute pass and one
-/// submit, or one per chunk of `ws.chunk` steps when that is shorter than T (inference).
+/// Runs a whole forward pass: all layers, directions and time steps in one recording,
+/// or one per chunk of `ws.chunk` steps when that is shorter than T (inference).
 ///
 /// `lengths` is (B) u32.
 pub(crate) fn run_forward(
@@ -529,8 +529,8 @@ pub(crate) struct BackwardIo<'a> {
     pub params: Vec<LayerGradIo<'a>>,
 }
 
-/// Runs a whole backward pass (BPTT) over the tape of a training forward pass, in one compute
-/// pass and one submit. `input` is the tape's layer-0 input (T, B, I) seq-major.
+/// Runs a whole backward pass (BPTT) over the tape of a training forward pass, in one recording.
+/// `input` is the tape's layer-0 input (T, B, I) seq-major.
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn run_backward(
     ctx: &GpuContext,
