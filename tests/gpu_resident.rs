@@ -391,5 +391,9 @@ fn pass_timing_measures_the_sequence_kernels_and_changes_nothing() {
         assert_eq!(ms, None);
     }
     run();
-    assert_eq!(ctx.stop_pass_timing().expect("stop"), None, "timing stays off");
+    assert_eq!(
+        ctx.stop_pass_timing().expect("stop"),
+        None,
+        "timing stays off"
+    );
 }

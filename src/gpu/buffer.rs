@@ -188,8 +188,9 @@ pub(crate) fn read_bytes(
         sender.send(mapped).ok();
     });
     ctx.sync()?;
-    let mapped = pollster::block_on(receiver.receive())
-        .ok_or_else(|| RnnError::Device(format!("readback of `{label}`: map callback never ran")))?;
+    let mapped = pollster::block_on(receiver.receive()).ok_or_else(|| {
+        RnnError::Device(format!("readback of `{label}`: map callback never ran"))
+    })?;
     mapped.map_err(|e| RnnError::Device(format!("mapping `{label}`: {e}")))?;
     let bytes = staging
         .get_mapped_range(..)

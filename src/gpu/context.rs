@@ -382,7 +382,9 @@ impl GpuContext {
                 entry_point: Some(key.entry),
                 compilation_options: wgpu::PipelineCompilationOptions {
                     constants: &key.constants,
-                    zero_initialize_workgroup_memory: true,
+                    // Every kernel in shaders/ writes each workgroup-memory element before
+                    // reading it: zeroing it first would only cost time at every launch.
+                    zero_initialize_workgroup_memory: false,
                 },
                 cache: None,
             });
