@@ -291,6 +291,7 @@ struct BackwardStep {
 @group(0) @binding(8) var<storage, read_write> carry: array<f32>;        // (2, 2, B, H): slot, (dh, dc)
 
 var<workgroup> dg_tile: array<f32, ROWS * TK>;  // (ROWS, TK) of dG_h[t_prev]
+var<workgroup> wt_tile: array<f32, TK * WJ>;    // (TK, WJ): W_hh[k0 + kk, j0 + jj]
 
 @compute @workgroup_size(32, 8, 1)
 fn backward_step(
@@ -301,7 +302,8 @@ fn backward_step(
     let B = bp.batch;
     let H = bp.hidden;
     let GH = GATES * H;
-    let j = wg.x * WJ + lid.x;
+    let j0 = wg.x * WJ;
+    let j = j0 + lid.x;
     let b0 = wg.y * ROWS;
 
     // dh through W_hh from the step processed before: dG_h[t_prev] (B, G·H) · W_hh (G·H, H);
@@ -319,14 +321,20 @@ fn backward_step(
                 }
                 dg_tile[e] = v;
             }
+            for (var e = li; e < TK * WJ; e += WJ * WB) {
+                let k = k0 + e / WJ;
+                let jj = j0 + e % WJ;
+                var v = 0.0;
+                if k < GH && jj < H {
+                    v = bw_hh[k * H + jj];
+                }
+                wt_tile[e] = v;
+            }
             workgroupBarrier();
-            if j < H {
-                let kend = min(TK, GH - k0);
-                for (var kk = 0u; kk < kend; kk++) {
-                    let w = bw_hh[(k0 + kk) * H + j];
-                    for (var r = 0u; r < RB_TILE; r++) {
-                        dh_rec[r] += dg_tile[(lid.y + WB * r) * TK + kk] * w;
-                    }
+            for (var kk = 0u; kk < TK; kk++) {
+                let w = wt_tile[kk * WJ + lid.x];
+                for (var r = 0u; r < RB_TILE; r++) {
+                    dh_rec[r] += dg_tile[(lid.y + WB * r) * TK + kk] * w;
                 }
             }
             workgroupBarrier();
