@@ -1,7 +1,6 @@
 //! GRU cell as in torch, gates r, z, n:
 //! r = σ(x_r + h_r), z = σ(x_z + h_z), n = tanh(x_n + r ⊙ (W_hn h + b_hn)), h' = (1 − z) ⊙ n + z ⊙ h.
 
-use super::sigmoid;
 use crate::scalar::Scalar;
 use ndarray::{s, ArrayView2, ArrayViewMut2, Axis, Zip};
 
@@ -24,7 +23,7 @@ pub(super) fn step<F: Scalar>(
     Zip::from(&mut rz)
         .and(gx.slice(rz_cols))
         .and(gh.slice(rz_cols))
-        .for_each(|a, &x, &r| *a = sigmoid(x + r));
+        .for_each(|a, &x, &r| *a = (x + r).sigmoid());
     let (r, z) = rz.view().split_at(Axis(1), hs);
     Zip::from(&mut n)
         .and(hn)
@@ -33,7 +32,7 @@ pub(super) fn step<F: Scalar>(
         .and(r)
         .for_each(|n, hn, &x, &ghn, &r| {
             *hn = ghn;
-            *n = (x + r * ghn).tanh();
+            *n = (x + r * ghn).tanh_activation();
         });
     Zip::from(h)
         .and(z)

@@ -1,7 +1,6 @@
 //! LSTM cell with torch's gate order i, f, g, o:
 //! c' = f ⊙ c + i ⊙ g, h' = o ⊙ tanh(c').
 
-use super::sigmoid;
 use crate::scalar::Scalar;
 use ndarray::{s, ArrayView2, ArrayViewMut2, Axis, Zip};
 
@@ -19,17 +18,14 @@ pub(super) fn step<F: Scalar>(
 ) {
     let hs = c.ncols();
     let (mut gates, tanh_c) = saved.split_at(Axis(1), 4 * hs);
-    for (block, activation) in [
-        (0..2 * hs, sigmoid::<F> as fn(F) -> F),
-        (2 * hs..3 * hs, F::tanh),
-        (3 * hs..4 * hs, sigmoid::<F>),
-    ] {
-        let cols = s![.., block];
-        Zip::from(gates.slice_mut(cols))
-            .and(gx.slice(cols))
-            .and(gh.slice(cols))
-            .for_each(|a, &x, &r| *a = activation(x + r));
-    }
+    // The pre-activations, then each activation in a loop of its own, so that it vectorises.
+    Zip::from(&mut gates)
+        .and(gx)
+        .and(gh)
+        .for_each(|a, &x, &r| *a = x + r);
+    Zip::from(gates.slice_mut(s![.., ..2 * hs])).for_each(|a| *a = a.sigmoid());
+    Zip::from(gates.slice_mut(s![.., 2 * hs..3 * hs])).for_each(|a| *a = a.tanh_activation());
+    Zip::from(gates.slice_mut(s![.., 3 * hs..])).for_each(|a| *a = a.sigmoid());
     let gates = gates.view();
     let gate = |k: usize| gates.slice_move(s![.., k * hs..(k + 1) * hs]);
     let (i, f, g, o) = (gate(0), gate(1), gate(2), gate(3));
@@ -43,7 +39,7 @@ pub(super) fn step<F: Scalar>(
         .and(&c)
         .and(o)
         .for_each(|h, tc, &c, &o| {
-            *tc = c.tanh();
+            *tc = c.tanh_activation();
             *h = o * *tc;
         });
 }

@@ -6,6 +6,7 @@
 
 mod gru;
 mod lstm;
+mod packed;
 mod rnn;
 mod sequence;
 
@@ -44,14 +45,4 @@ pub fn backward<F: Scalar>(
     grads: &UpstreamGrads<'_, F>,
 ) -> Result<Gradients<F>> {
     sequence::run_backward(params, tape, grads)
-}
-
-/// σ(x) without overflow for any |x|.
-fn sigmoid<F: Scalar>(x: F) -> F {
-    if x >= F::zero() {
-        F::one() / (F::one() + (-x).exp())
-    } else {
-        let e = x.exp();
-        e / (F::one() + e)
-    }
 }

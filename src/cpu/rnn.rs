@@ -7,14 +7,6 @@ use ndarray::{ArrayView2, ArrayViewMut2, Zip};
 /// Columns of the per-step saved activations, in units of H: h'.
 pub(super) const SAVED_BLOCKS: usize = 1;
 
-fn activate<F: Scalar>(nonlinearity: Nonlinearity, a: F) -> F {
-    match nonlinearity {
-        Nonlinearity::Tanh => a.tanh(),
-        Nonlinearity::Relu => a.max(F::zero()),
-        Nonlinearity::Identity => a,
-    }
-}
-
 /// dφ/da expressed through the activation's output y = φ(a).
 fn derivative_from_output<F: Scalar>(nonlinearity: Nonlinearity, y: F) -> F {
     match nonlinearity {
@@ -39,14 +31,29 @@ pub(super) fn step<F: Scalar>(
     h: ArrayViewMut2<'_, F>,
     saved: ArrayViewMut2<'_, F>,
 ) {
+    // A loop per nonlinearity, so that each inlines its φ and vectorises.
+    match nonlinearity {
+        Nonlinearity::Tanh => activate(gx, gh, h, saved, F::tanh_activation),
+        Nonlinearity::Relu => activate(gx, gh, h, saved, |a| a.max(F::zero())),
+        Nonlinearity::Identity => activate(gx, gh, h, saved, |a| a),
+    }
+}
+
+/// h' = φ(gx + gh), kept in `saved` too.
+fn activate<F: Scalar>(
+    gx: ArrayView2<'_, F>,
+    gh: ArrayView2<'_, F>,
+    h: ArrayViewMut2<'_, F>,
+    saved: ArrayViewMut2<'_, F>,
+    phi: impl Fn(F) -> F,
+) {
     Zip::from(h)
         .and(saved)
         .and(gx)
         .and(gh)
         .for_each(|h, s, &x, &r| {
-            let y = activate(nonlinearity, x + r);
-            *h = y;
-            *s = y;
+            *h = phi(x + r);
+            *s = *h;
         });
 }
 

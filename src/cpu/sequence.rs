@@ -1,6 +1,8 @@
 //! The one sequence driver shared by all cells: layers, directions, time steps and masking,
-//! the input projection of all steps as one product, and the weight gradients as big products.
+//! the input projection of all steps as one product, the per-step products with W_hh packed
+//! once per direction, and the weight gradients as big products.
 
+use super::packed::PackedMatrix;
 use super::{gru, lstm, rnn};
 use crate::batch::{check_params, ForwardOutput, Gradients, SequenceBatch, UpstreamGrads};
 use crate::config::{CellKind, RnnConfig};
@@ -167,6 +169,7 @@ impl<'a, F: Scalar> Direction<'a, F> {
         if let Some(bias) = &p.b_ih {
             gx += bias;
         }
+        let w_hh = PackedMatrix::new(p.w_hh.t());
         let mut gh = Array2::zeros((b, p.w_hh.nrows()));
         let keeps_all_steps = tape.is_some();
         let mut scratch;
@@ -187,10 +190,11 @@ impl<'a, F: Scalar> Direction<'a, F> {
             if let (Some(c_prev), Some(c)) = (record.c_prev.as_mut(), &state.c) {
                 c_prev.slice_mut(s![rec.clone(), ..]).assign(c);
             }
-            general_mat_mul(F::one(), &state.h, &p.w_hh.t(), F::zero(), &mut gh);
-            if let Some(bias) = &p.b_hh {
-                gh += bias;
+            match &p.b_hh {
+                Some(bias) => gh.assign(bias),
+                None => gh.fill(F::zero()),
             }
+            w_hh.add_product(state.h.view(), &mut gh);
             let gx_t = gx.slice(s![rows.clone(), ..]);
             let saved = record.saved.slice_mut(s![rec.clone(), ..]);
             match (self.cell, state.c.as_mut()) {
@@ -233,6 +237,7 @@ impl<'a, F: Scalar> Direction<'a, F> {
         mut dx: ArrayViewMut2<'_, F>,
     ) -> State<F> {
         let p = self.params;
+        let w_hh = PackedMatrix::new(p.w_hh.view());
         let gate_rows = p.w_hh.nrows();
         let all_rows = self.steps.seq_len * self.steps.batch;
         // Gate pre-activation gradients of all steps, input side and (GRU only) hidden side.
@@ -293,7 +298,7 @@ impl<'a, F: Scalar> Direction<'a, F> {
                 }
             }
             let dg_h_t = dg_h_gru.as_ref().unwrap_or(&dg_x).slice(s![rows, ..]);
-            general_mat_mul(F::one(), &dg_h_t, &p.w_hh, F::one(), &mut dstate.h);
+            w_hh.add_product(dg_h_t, &mut dstate.h);
         }
         let dg_h = dg_h_gru.as_ref().unwrap_or(&dg_x);
         general_mat_mul(F::one(), &dg_x.t(), &x, F::zero(), &mut grads.w_ih);
