@@ -15,7 +15,7 @@ pub struct SequenceBatch<'a, F> {
     pub h0: Option<ArrayView3<'a, F>>,
     /// (L·D, B, H), LSTM only; zeros when None
     pub c0: Option<ArrayView3<'a, F>>,
-    /// (B): sequence b is valid for t < lengths[b]; each in 1..=T, any order. All T when None.
+    /// (B): sequence b is valid for t < `lengths[b]`; each in 1..=T, any order. All T when None.
     pub lengths: Option<&'a [usize]>,
 }
 
@@ -162,7 +162,7 @@ pub fn check_params<F: Scalar>(params: &RnnParams<F>) -> Result<()> {
 /// The result of a forward call.
 #[derive(Clone, Debug, PartialEq)]
 pub struct ForwardOutput<F> {
-    /// (T, B, D·H), or (B, T, D·H) when batch_first; zero where t >= lengths[b]
+    /// (T, B, D·H), or (B, T, D·H) when batch_first; zero where t >= `lengths[b]`
     pub output: Array3<F>,
     /// (L·D, B, H): the state at each sequence's last valid step (reverse direction: t = 0)
     pub h_n: Array3<F>,

@@ -50,7 +50,7 @@ pub struct GpuSequenceBatch<'a> {
     pub h0: Option<&'a GpuTensor>,
     /// (L·D, B, H), LSTM only; zeros when None
     pub c0: Option<&'a GpuTensor>,
-    /// (B): sequence b is valid for t < lengths[b]; each in 1..=T. All T when None.
+    /// (B): sequence b is valid for t < `lengths[b]`; each in 1..=T. All T when None.
     pub lengths: Option<&'a [usize]>,
 }
 
@@ -124,7 +124,7 @@ impl<'a> GpuSequenceBatch<'a> {
 /// The results of a forward call, on the GPU.
 #[derive(Debug)]
 pub struct GpuForwardOutput {
-    /// (T, B, D·H), or (B, T, D·H) when batch_first; zero where t >= lengths[b]
+    /// (T, B, D·H), or (B, T, D·H) when batch_first; zero where t >= `lengths[b]`
     pub output: GpuTensor,
     /// (L·D, B, H)
     pub h_n: GpuTensor,

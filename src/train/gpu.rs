@@ -168,7 +168,7 @@ pub fn upload_targets(ctx: &GpuContext, targets: &[usize], classes: usize) -> Re
 }
 
 /// Softmax cross-entropy of `logits` (N, V) against `targets` (N, from [`upload_targets`]):
-/// writes `row_loss` (N) = −log softmax(z_n)[target_n] and `grad` (N, V) = d mean / d logits.
+/// writes `row_loss` (N) = `−log softmax(z_n)[target_n]` and `grad` (N, V) = d mean / d logits.
 pub fn record_softmax_cross_entropy(
     ctx: &GpuContext,
     pass: &mut wgpu::ComputePass<'_>,

@@ -6,7 +6,7 @@
 //! gradient of the initial state of a run over x_{t+1..T} that starts from (h_t, c_t): the loss
 //! depends on h_t only through those later steps. For the LSTM this includes the path through
 //! the cell state, whose per-step factor is the forget gate: with torch's init f ≈ σ(0) = 0.5
-//! and that path vanishes too, hence [`GradFlowOptions::forget_bias`].
+//! and that path vanishes too, hence [`GradFlowWeights::forget_bias`].
 
 use super::layers::{Linear, Readout};
 use super::loss::mse;
@@ -72,7 +72,7 @@ pub struct GradFlowCurve {
     pub cell: String,
     /// ‖∂L/∂h_t‖ (Frobenius over batch and hidden units) for t = 0..T.
     pub norms: Vec<f64>,
-    /// norms[0] / norms[T−1]: how much of the last step's gradient reaches the first step.
+    /// `norms[0] / norms[T−1]`: how much of the last step's gradient reaches the first step.
     pub first_last_ratio: f64,
     /// Held-out adding-problem MSE after the training steps (`None` at init).
     pub trained_mse: Option<f64>,

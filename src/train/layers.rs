@@ -5,7 +5,7 @@ use crate::scalar::Scalar;
 use ndarray::{Array1, Array2, Array3, ArrayView2, ArrayView3, Axis};
 use rand::{RngExt, SeedableRng};
 
-/// Token embedding: x_t = E[token_t].
+/// Token embedding: `x_t = E[token_t]`.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Embedding<F> {
     /// (V, E)

@@ -13,7 +13,7 @@ pub struct LossGrad<F> {
     pub grad: Array2<F>,
 }
 
-/// Mean over rows of −log softmax(logits)[target]; gradient (softmax − onehot)/N.
+/// Mean over rows of `−log softmax(logits)[target]`; gradient (softmax − onehot)/N.
 /// Computed with the max subtracted, so large logits do not overflow.
 pub fn cross_entropy<F: Scalar>(
     logits: ArrayView2<'_, F>,
