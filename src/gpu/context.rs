@@ -458,7 +458,8 @@ impl GpuContext {
             .map_err(|e| RnnError::Device(format!("waiting for the GPU: {e}")))
     }
 
-    /// Starts timing the library's compute passes on the GPU (see [`GpuContext::stop_pass_timing`]).
+    /// Starts timing the library's sequence compute passes on the GPU (see
+    /// [`GpuContext::stop_pass_timing`]).
     /// Returns false, and times nothing, when the device lacks `TIMESTAMP_QUERY`.
     pub fn start_pass_timing(&self) -> bool {
         if !self.features().contains(wgpu::Features::TIMESTAMP_QUERY) {

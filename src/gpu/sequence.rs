@@ -1,6 +1,7 @@
 //! The sequence driver: records the forward or backward pass of every layer, direction and time
-//! step into one recording (see [`Recorder`]: submitted in a few growing compute passes). One driver serves all cells: a cell is its
-//! gate count, its saved activations and its two fused step kernels.
+//! step into one recording (see [`Recorder`]: submitted in a few growing compute passes).
+//! One driver serves all cells: a cell is its gate count, its saved activations and its fused
+//! step kernels.
 //!
 //! Data flow, forward, per layer l and direction d:
 //!   x_l (T, B, In) → gemm → xproj (T, B, G·H) → T × forward_step → out_l[:, :, d·H..] and states.

@@ -1,9 +1,10 @@
 //! GPU time of compute passes from timestamp queries (`Features::TIMESTAMP_QUERY`).
 //!
 //! While timing is on ([`GpuContext::start_pass_timing`]), every compute pass of the RNN
-//! kernels (forward and backward sequences) writes a timestamp at its start and end; [`GpuContext::stop_pass_timing`] sums
-//! end − start over the passes. That is the time the GPU spent in the library's kernels, without
-//! the host's recording and submit time or the gaps between submits.
+//! kernels (forward and backward sequences) writes a timestamp at its start and end;
+//! [`GpuContext::stop_pass_timing`] sums end − start over the passes. That is the time the GPU
+//! spent in the library's kernels, without the host's recording and submit time or the gaps
+//! between submits.
 
 use super::buffer::read_bytes;
 use super::context::GpuContext;
