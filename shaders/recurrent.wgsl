@@ -6,9 +6,10 @@
 //   const GRAD_PLANES: u32  1 when dG_x = dG_h, 2 when they differ (GRU)
 //   fn cell_forward(xg, hg, h_prev, c_prev) -> CellForward
 //   fn cell_backward(dh, dc, saved, h_prev, c_prev, c_cur) -> CellBackward
-// Tiled step kernels: a workgroup of WJ x WB invocations covers WJ hidden units and WB·RB batch
-// rows; invocation (x, y) owns all gates of unit j0 + x for the RB rows b0 + y + WB·r, so each
-// W_hh value read from workgroup memory feeds RB rows (register blocking over the batch).
+// Tiled step kernels: a workgroup of WJ x WB invocations covers WJ hidden units and
+// ROWS = WB·RB_TILE batch rows; invocation (x, y) owns all gates of unit j0 + x for the RB_TILE
+// rows b0 + y + WB·r, so each W_hh value read from workgroup memory feeds RB_TILE rows (register
+// blocking over the batch). STEP_TILE in src/gpu/kernels.rs is (WJ, ROWS).
 // Rows of state-like buffers are (B, H); a "slot" offset selects one (B, H) block.
 
 const WJ: u32 = 32u;
