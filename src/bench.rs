@@ -643,10 +643,11 @@ impl GpuInputSet {
         })
     }
 
-    /// One timed GPU repetition: results stay on the GPU; ends when the device is idle.
-    /// Returns the GPU time of its compute passes when the device has timestamp queries.
-    fn run(&self, ctx: &GpuContext, model: &GpuRnn, mode: Mode) -> Result<Option<f64>> {
-        let timed = ctx.start_pass_timing();
+    /// One timed GPU repetition: results stay on the GPU; ends when the device is idle. Pass
+    /// timing is on during it where the device has timestamp queries
+    /// ([`GpuContext::stop_pass_timing`] reads it, outside the wall time).
+    fn run(&self, ctx: &GpuContext, model: &GpuRnn, mode: Mode) -> Result<()> {
+        ctx.start_pass_timing();
         let mut batch = GpuSequenceBatch::new(&self.input).h0(&self.h0);
         if let Some(c0) = &self.c0 {
             batch = batch.c0(c0);
@@ -662,12 +663,7 @@ impl GpuInputSet {
                 drop(model.backward_gpu(&tape, &upstream)?);
             }
         }
-        ctx.sync()?;
-        if timed {
-            ctx.stop_pass_timing()
-        } else {
-            Ok(None)
-        }
+        ctx.sync()
     }
 }
 
@@ -680,9 +676,12 @@ fn run_case(
     let data = CaseData::new(case, seed)?;
     let flops = case.flops();
     let cpu = if opts.backend.runs_cpu() {
-        Some(time_reps(opts, flops, |i| {
-            cpu_run(&data, &data.sets[i % INPUT_SETS], case.mode).map(|_| None)
-        })?)
+        Some(time_reps(
+            opts,
+            flops,
+            |i| cpu_run(&data, &data.sets[i % INPUT_SETS], case.mode).map(drop),
+            || Ok(None),
+        )?)
     } else {
         None
     };
@@ -697,9 +696,12 @@ fn run_case(
                 .iter()
                 .map(|set| GpuInputSet::upload(ctx, set))
                 .collect::<Result<Vec<_>>>()?;
-            let timing = time_reps(opts, flops, |i| {
-                sets[i % INPUT_SETS].run(ctx, &model, case.mode)
-            })?;
+            let timing = time_reps(
+                opts,
+                flops,
+                |i| sets[i % INPUT_SETS].run(ctx, &model, case.mode),
+                || ctx.stop_pass_timing(),
+            )?;
             (Some(timing), Some(err))
         }
         None => (None, None),
@@ -713,11 +715,13 @@ fn run_case(
 }
 
 /// Runs `run(i)` for warmup and then for timed repetitions, each within [`TIME_BUDGET_S`];
-/// `run` returns the repetition's device time (ms) when it has one.
+/// after each, outside its wall time, `device_ms` gives the repetition's device time (ms)
+/// when there is one.
 fn time_reps(
     opts: &BenchOptions,
     flops: f64,
-    mut run: impl FnMut(usize) -> Result<Option<f64>>,
+    mut run: impl FnMut(usize) -> Result<()>,
+    mut device_ms: impl FnMut() -> Result<Option<f64>>,
 ) -> Result<Timing> {
     let warmup_start = Instant::now();
     for i in 0..opts.warmup {
@@ -725,6 +729,7 @@ fn time_reps(
             break;
         }
         run(i)?;
+        device_ms()?;
     }
     let mut wall = Vec::with_capacity(opts.reps);
     let mut device = Vec::with_capacity(opts.reps);
@@ -734,10 +739,11 @@ fn time_reps(
             break;
         }
         let start = Instant::now();
-        device.extend(run(opts.warmup + i)?);
+        run(opts.warmup + i)?;
         let seconds = start.elapsed().as_secs_f64();
         spent += seconds;
         wall.push(seconds * 1e3);
+        device.extend(device_ms()?);
     }
     let device = (device.len() == wall.len()).then_some(device);
     Ok(Timing::new(wall, device, flops))

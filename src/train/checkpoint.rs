@@ -25,25 +25,17 @@ pub fn save_checkpoint<F: Scalar>(
     optimizer: &Optimizer<F>,
 ) -> Result<()> {
     model.validate()?;
+    optimizer.check_lens(&model.tensor_lens())?;
     let mut tensors = model.named();
-    let names = model.tensor_names();
+    let shapes: Vec<(String, Vec<usize>)> = tensors
+        .iter()
+        .map(|(name, a)| (name.clone(), a.shape().to_vec()))
+        .collect();
     for (buffer, states) in optimizer.config.state_names().iter().zip(&optimizer.state) {
-        if states.len() != names.len() {
-            return Err(RnnError::Config(format!(
-                "optimizer holds {} `{buffer}` tensors, the model {}",
-                states.len(),
-                names.len()
-            )));
-        }
-        for ((name, state), (_, param)) in names.iter().zip(states).zip(model.named()) {
-            let array =
-                ArrayD::from_shape_vec(IxDyn(param.shape()), state.clone()).map_err(|_| {
-                    RnnError::shape(
-                        format!("optim.{buffer}.{name}"),
-                        param.shape(),
-                        &[state.len()],
-                    )
-                })?;
+        for ((name, shape), state) in shapes.iter().zip(states) {
+            let array = ArrayD::from_shape_vec(IxDyn(shape), state.clone()).map_err(|_| {
+                RnnError::shape(format!("optim.{buffer}.{name}"), shape, &[state.len()])
+            })?;
             tensors.push((format!("optim.{buffer}.{name}"), array));
         }
     }
@@ -89,8 +81,7 @@ pub fn load_checkpoint<F: Scalar>(path: impl AsRef<Path>) -> Result<(SeqModel<F>
     });
     let model = SeqModel::from_named(&config, &all)?;
     let names = model.tensor_names();
-    let lens: Vec<usize> = model.tensors().iter().map(|t| t.len()).collect();
-    let mut optimizer = Optimizer::new(optimizer_config, &lens)?;
+    let mut optimizer = Optimizer::new(optimizer_config, &model.tensor_lens())?;
     optimizer.step = step;
     for (buffer, states) in optimizer_config
         .state_names()

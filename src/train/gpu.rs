@@ -374,14 +374,11 @@ impl GpuOptimizer {
     /// concatenated in order.
     pub fn from_host(ctx: &GpuContext, host: &Optimizer<f32>, len: usize) -> Result<Self> {
         host.config.validate()?;
+        host.check_buffers()?;
         let names = host.config.state_names();
-        if host.state.len() != names.len() {
-            return Err(RnnError::Config(format!(
-                "{} optimizer state holds {} buffers, expected {}",
-                host.config.name(),
-                host.state.len(),
-                names.len()
-            )));
+        for (name, tensors) in names.iter().zip(&host.state) {
+            let total: usize = tensors.iter().map(Vec::len).sum();
+            check_shape(&format!("optimizer state `{name}`"), &[len], &[total])?;
         }
         let state = names
             .iter()
@@ -391,13 +388,6 @@ impl GpuOptimizer {
                 GpuTensor::from_slice(ctx, name, &[flat.len()], &flat)
             })
             .collect::<Result<Vec<_>>>()?;
-        if let Some(other) = state.iter().find(|s| s.len() != len) {
-            return Err(RnnError::shape(
-                format!("optimizer state `{}`", other.label()),
-                &[len],
-                &[other.len()],
-            ));
-        }
         Ok(GpuOptimizer {
             config: host.config,
             step: host.step,

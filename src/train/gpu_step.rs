@@ -85,8 +85,11 @@ impl GpuTrainer {
         model: &SeqModel<f32>,
         optimizer: OptimizerConfig,
     ) -> Result<Self> {
-        let lens: Vec<usize> = model.tensors().iter().map(|t| t.len()).collect();
-        Self::resume(ctx, model, &Optimizer::new(optimizer, &lens)?)
+        Self::resume(
+            ctx,
+            model,
+            &Optimizer::new(optimizer, &model.tensor_lens())?,
+        )
     }
 
     /// Uploads `model` and the state of `optimizer` (one state tensor per model tensor, as
@@ -98,18 +101,8 @@ impl GpuTrainer {
         optimizer: &Optimizer<f32>,
     ) -> Result<Self> {
         model.validate()?;
+        optimizer.check_lens(&model.tensor_lens())?;
         let tensors = model.tensors();
-        for (buffer, states) in optimizer.config.state_names().iter().zip(&optimizer.state) {
-            let lens = states.iter().map(Vec::len);
-            if !lens.eq(tensors.iter().map(|t| t.len())) {
-                return Err(RnnError::Config(format!(
-                    "optimizer state `{buffer}` does not match the model's tensors \
-                     ({} state tensors, {} model tensors, or their lengths differ)",
-                    states.len(),
-                    tensors.len()
-                )));
-            }
-        }
         let mut offsets = Vec::with_capacity(tensors.len());
         let mut flat = Vec::with_capacity(model.num_parameters());
         for t in &tensors {
@@ -538,8 +531,7 @@ impl GpuTrainer {
 
     /// The optimizer state, read back (for [`save_checkpoint`](super::checkpoint::save_checkpoint)).
     pub fn optimizer(&self) -> Result<Optimizer<f32>> {
-        let lens: Vec<usize> = self.model.tensors().iter().map(|t| t.len()).collect();
-        self.optimizer.to_host(&self.ctx, &lens)
+        self.optimizer.to_host(&self.ctx, &self.model.tensor_lens())
     }
 
     /// Completed optimizer steps.

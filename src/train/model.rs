@@ -347,9 +347,14 @@ impl<F: Scalar> SeqModel<F> {
         Ok(())
     }
 
+    /// The length of every tensor, in [`SeqModel::tensors`] order.
+    pub fn tensor_lens(&self) -> Vec<usize> {
+        self.tensors().iter().map(|t| t.len()).collect()
+    }
+
     /// Total number of scalar parameters.
     pub fn num_parameters(&self) -> usize {
-        self.tensors().iter().map(|t| t.len()).sum()
+        self.tensor_lens().iter().sum()
     }
 
     /// The RNN input sequence (T, B, I) of `inputs`.

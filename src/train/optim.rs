@@ -150,7 +150,45 @@ impl<F: Scalar> Optimizer<F> {
         })
     }
 
-    /// Checks that `params` and `grads` match the state's tensor count and lengths.
+    /// Checks that the state holds one buffer per name of [`OptimizerConfig::state_names`].
+    pub(crate) fn check_buffers(&self) -> Result<()> {
+        let names = self.config.state_names();
+        if self.state.len() != names.len() {
+            return Err(RnnError::Config(format!(
+                "{} optimizer state holds {} buffers, expected {}",
+                self.config.name(),
+                self.state.len(),
+                names.len()
+            )));
+        }
+        Ok(())
+    }
+
+    /// Checks that every state buffer holds one tensor per entry of `lens`, of that length.
+    pub fn check_lens(&self, lens: &[usize]) -> Result<()> {
+        self.check_buffers()?;
+        for (name, buffers) in self.config.state_names().iter().zip(&self.state) {
+            if buffers.len() != lens.len() {
+                return Err(RnnError::Config(format!(
+                    "optimizer state `{name}` holds {} tensors, the parameters {}",
+                    buffers.len(),
+                    lens.len()
+                )));
+            }
+            for (j, (s, &len)) in buffers.iter().zip(lens).enumerate() {
+                if s.len() != len {
+                    return Err(RnnError::shape(
+                        format!("optimizer state `{name}` {j}"),
+                        &[len],
+                        &[s.len()],
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Checks that `params` and `grads` match each other and the state.
     fn check(&self, params: &[&mut [F]], grads: &[&[F]]) -> Result<()> {
         if params.len() != grads.len() {
             return Err(RnnError::Config(format!(
@@ -167,26 +205,9 @@ impl<F: Scalar> Optimizer<F> {
                     &[g.len()],
                 ));
             }
-            for buffers in &self.state {
-                match buffers.get(j) {
-                    Some(s) if s.len() == p.len() => {}
-                    Some(s) => {
-                        return Err(RnnError::shape(
-                            format!("optimizer state {j}"),
-                            &[p.len()],
-                            &[s.len()],
-                        ))
-                    }
-                    None => {
-                        return Err(RnnError::Config(format!(
-                            "optimizer state holds {} tensors, parameter {j} has none",
-                            buffers.len()
-                        )))
-                    }
-                }
-            }
         }
-        Ok(())
+        let lens: Vec<usize> = params.iter().map(|p| p.len()).collect();
+        self.check_lens(&lens)
     }
 
     /// One update of every tensor in place.

@@ -237,21 +237,21 @@ impl TrainLoop {
         }
     }
 
-    /// The trained model and the optimizer state (read back from the GPU).
-    fn finish(self) -> Result<(SeqModel<f32>, Optimizer<f32>)> {
+    /// The optimizer state (read back from the GPU).
+    fn optimizer(&self) -> Result<Optimizer<f32>> {
         match self {
-            TrainLoop::Cpu {
-                model, optimizer, ..
-            } => Ok((*model, optimizer)),
-            TrainLoop::Gpu(mut trainer) => Ok((trainer.model()?, trainer.optimizer()?)),
+            TrainLoop::Cpu { optimizer, .. } => Ok(optimizer.clone()),
+            TrainLoop::Gpu(trainer) => trainer.optimizer(),
         }
     }
-}
 
-/// A fresh optimizer for every tensor of `model`.
-fn fresh_optimizer(model: &SeqModel<f32>, config: OptimizerConfig) -> Result<Optimizer<f32>> {
-    let lens: Vec<usize> = model.tensors().iter().map(|t| t.len()).collect();
-    Optimizer::new(config, &lens)
+    /// The trained model (read back from the GPU).
+    fn into_model(self) -> Result<SeqModel<f32>> {
+        match self {
+            TrainLoop::Cpu { model, .. } => Ok(*model),
+            TrainLoop::Gpu(mut trainer) => trainer.model(),
+        }
+    }
 }
 
 /// A progress bar over training steps with the last held-out loss as its message; drawn only
@@ -278,7 +278,7 @@ pub(crate) fn fit_adding(opts: &AddingOptions) -> Result<(SeqModel<f32>, TrainRe
     // The held-out batch comes from a generator stream training never uses.
     let (eval_x, eval_y) =
         adding_batch::<f32>(opts.seq_len, opts.eval_batch, opts.seed ^ 0x5EED_E7A1, 0)?;
-    let optimizer = fresh_optimizer(&model, adam)?;
+    let optimizer = Optimizer::new(adam, &model.tensor_lens())?;
     let mut run = TrainLoop::new(opts.backend, model, optimizer)?;
     let (eval_inputs, eval_targets) = (
         Inputs::Features(eval_x.view()),
@@ -310,7 +310,7 @@ pub(crate) fn fit_adding(opts: &AddingOptions) -> Result<(SeqModel<f32>, TrainRe
         }
     }
     bar.finish_and_clear();
-    let (model, _) = run.finish()?;
+    let model = run.into_model()?;
     let final_value = history.last().map_or(f64::NAN, |p| p.loss);
     let report = TrainReport {
         task: "adding".into(),
@@ -452,7 +452,7 @@ pub fn train_charlm(opts: &CharLmOptions) -> Result<TrainReport> {
         None => {
             let model = SeqModel::<f32>::init(&config, opts.seed)?;
             let adam = OptimizerConfig::Adam(AdamConfig::new(opts.lr));
-            let optimizer = fresh_optimizer(&model, adam)?;
+            let optimizer = Optimizer::new(adam, &model.tensor_lens())?;
             (model, optimizer)
         }
     };
@@ -513,9 +513,15 @@ pub fn train_charlm(opts: &CharLmOptions) -> Result<TrainReport> {
     }
     bar.finish_and_clear();
     let seconds = start.elapsed().as_secs_f64();
-    let (model, optimizer) = run.finish()?;
-    if let Some(path) = &opts.checkpoint {
-        super::checkpoint::save_checkpoint(path, &model, &optimizer)?;
+    // The optimizer state leaves the GPU only for a checkpoint.
+    let optimizer = opts
+        .checkpoint
+        .as_ref()
+        .map(|_| run.optimizer())
+        .transpose()?;
+    let model = run.into_model()?;
+    if let (Some(path), Some(optimizer)) = (&opts.checkpoint, &optimizer) {
+        super::checkpoint::save_checkpoint(path, &model, optimizer)?;
     }
     let sample = (opts.sample_len > 0)
         .then(|| {
