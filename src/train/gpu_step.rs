@@ -57,6 +57,15 @@ struct OutputLayer {
     row_offset: usize,
 }
 
+/// What a forward pass is for.
+#[derive(Clone, Copy, Debug)]
+enum Pass {
+    /// Evaluation: inference kernels, no tapes, no dropout.
+    Eval,
+    /// Training: tapes for backward, dropout masks from the key when set.
+    Train(Option<DropoutKey>),
+}
+
 /// A model in training on the GPU (f32).
 #[derive(Debug)]
 pub struct GpuTrainer {
@@ -156,13 +165,13 @@ impl GpuTrainer {
         }
     }
 
-    /// Uploads the inputs (embedding token ids on the GPU) and runs every layer's training
-    /// forward, with dropout on each layer's output when `dropout` is set: the top layer's
-    /// output (T, B, H), the tapes, and the uploaded token ids.
+    /// Uploads the inputs (embedding token ids on the GPU) and runs every layer forward: for
+    /// training with tapes and, when the key is set, dropout on each layer's output. Returns the
+    /// top layer's output (T, B, H), the tapes (none for evaluation) and the uploaded token ids.
     fn forward(
         &self,
         inputs: &Inputs<'_, f32>,
-        dropout: Option<DropoutKey>,
+        pass: Pass,
     ) -> Result<(GpuTensor, Vec<GpuTape>, Option<GpuTensor>)> {
         let ctx = &*self.ctx;
         let (t, b) = inputs.dims();
@@ -220,15 +229,22 @@ impl GpuTrainer {
         let drop = Dropout::new(self.model.config.dropout)?;
         let mut tapes = Vec::with_capacity(self.layers.len());
         for (k, layer) in self.layers.iter().enumerate() {
-            let (out, tape) = layer.forward_train_gpu(&GpuSequenceBatch::new(&x))?;
-            if let Some(key) = dropout {
+            let batch = GpuSequenceBatch::new(&x);
+            let out = match pass {
+                Pass::Eval => layer.forward_gpu(&batch)?.output,
+                Pass::Train(_) => {
+                    let (out, tape) = layer.forward_train_gpu(&batch)?;
+                    tapes.push(tape);
+                    out.output
+                }
+            };
+            if let Pass::Train(Some(key)) = pass {
                 let stream = self.model.stream(key, k);
-                run_pass(ctx, |pass| {
-                    record_dropout(ctx, pass, &out.output, &drop, key.seed, stream)
+                run_pass(ctx, |p| {
+                    record_dropout(ctx, p, &out, &drop, key.seed, stream)
                 })?;
             }
-            tapes.push(tape);
-            x = out.output;
+            x = out;
         }
         Ok((x, tapes, tokens))
     }
@@ -385,7 +401,7 @@ impl GpuTrainer {
     /// Evaluation loss (no dropout, no update); reads back the loss.
     pub fn evaluate(&self, inputs: &Inputs<'_, f32>, targets: &Targets<'_, f32>) -> Result<f64> {
         let (t, b) = inputs.dims();
-        let (x, _, _) = self.forward(inputs, None)?;
+        let (x, _, _) = self.forward(inputs, Pass::Eval)?;
         let (losses, _) = self.head(&x, &self.output_layer(t, b), targets)?;
         mean_loss(&self.ctx, &losses)
     }
@@ -401,7 +417,7 @@ impl GpuTrainer {
     ) -> Result<()> {
         let ctx = Arc::clone(&self.ctx);
         let (t, b) = inputs.dims();
-        let (x, tapes, tokens) = self.forward(inputs, dropout)?;
+        let (x, tapes, tokens) = self.forward(inputs, Pass::Train(dropout))?;
         let ol = self.output_layer(t, b);
         let (loss_values, grad_out) = self.head(&x, &ol, targets)?;
         let grad_seq = GpuTensor::zeros(&ctx, "d RNN output", &[t, b, ol.hidden])?;
