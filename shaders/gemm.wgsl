@@ -3,11 +3,25 @@
 //   A(m, k) = a[a_off + m·a_rs + k·a_cs]   (M, K)
 //   B(k, n) = b[b_off + k·b_rs + n·b_cs]   (K, N)
 //   C(m, n) = c[c_off + m·ldc + n]         (M, N)
-// Workgroup tile 64×64, BK = 16; each of the 16×16 invocations owns a 4×4 register tile
-// (rows ty + 16·i, columns tx + 16·jj). Sums run over k in ascending order: deterministic.
+// Workgroup tile 128 (m) × 64 (n), BK = 16; each of the 16×16 invocations owns an 8×4 register
+// tile: rows 4·ty + i and 64 + 4·ty + i (i < 4), columns 4·tx + jj (jj < 4), read from workgroup
+// memory as vec4s (three vec4 loads per 32 multiply-adds). Sums run over k in ascending order:
+// deterministic.
+//
+// Specialised by override constants for the operands' layouts, so that consecutive invocations
+// of a tile load read consecutive addresses: A_ALONG_K where a_cs = 1 (else a_rs = 1 is best),
+// B_ALONG_K where b_rs = 1 (else b_cs = 1 is best).
 
-const TILE: u32 = 64u;
+override A_ALONG_K: bool = true;
+override B_ALONG_K: bool = false;
+
+const TILE_M: u32 = 128u;
+const TILE_N: u32 = 64u;
 const BK: u32 = 16u;
+// Row lengths in vec4s of the workgroup tiles, padded by one vec4 against bank conflicts of
+// the loads that walk k.
+const A_ROW4: u32 = 33u;
+const B_ROW4: u32 = 17u;
 
 struct Gemm {
     m: u32,
@@ -34,8 +48,8 @@ struct Gemm {
 @group(0) @binding(3) var<storage, read> bias: array<f32>;        // (N) at bias_off, read when use_bias
 @group(0) @binding(4) var<storage, read_write> c: array<f32>;     // (M, N) with row stride ldc
 
-var<workgroup> a_tile: array<f32, 1024>;   // (BK, TILE): a_tile[kk·64 + mm] = A(m0 + mm, k0 + kk)
-var<workgroup> b_tile: array<f32, 1024>;   // (BK, TILE): b_tile[kk·64 + nn] = B(k0 + kk, n0 + nn)
+var<workgroup> a_tile: array<vec4<f32>, BK * A_ROW4>;  // (BK, TILE_M / 4): a_tile[kk·A_ROW4 + mm / 4][mm % 4] = A(m0 + mm, k0 + kk)
+var<workgroup> b_tile: array<vec4<f32>, BK * B_ROW4>;  // (BK, TILE_N / 4): b_tile[kk·B_ROW4 + nn / 4][nn % 4] = B(k0 + kk, n0 + nn)
 
 @compute @workgroup_size(16, 16, 1)
 fn gemm(
@@ -43,53 +57,59 @@ fn gemm(
     @builtin(local_invocation_id) lid: vec3<u32>,
     @builtin(local_invocation_index) li: u32,
 ) {
-    let m0 = wg.y * TILE;
-    let n0 = wg.x * TILE;
-    var acc: array<array<f32, 4>, 4>;
+    let m0 = wg.y * TILE_M;
+    let n0 = wg.x * TILE_N;
+    // acc[i]: columns 4·tx .. 4·tx + 3 of row 4·ty + i (i < 4) or 64 + 4·ty + i - 4 (i ≥ 4).
+    var acc = array<vec4<f32>, 8>();
     for (var k0 = 0u; k0 < gp.k; k0 += BK) {
-        for (var r = 0u; r < 4u; r++) {
+        for (var r = 0u; r < TILE_M * BK / 256u; r++) {
             let e = li + r * 256u;
-            // A: consecutive invocations walk k (contiguous when a_cs = 1).
-            let kk_a = e % BK;
-            let mm = e / BK;
+            var kk = e / TILE_M;
+            var mm = e % TILE_M;
+            if A_ALONG_K {
+                kk = e % BK;
+                mm = e / BK;
+            }
             let m = m0 + mm;
-            let ka = k0 + kk_a;
-            var va = 0.0;
-            if m < gp.m && ka < gp.k {
-                va = a[gp.a_off + m * gp.a_rs + ka * gp.a_cs];
+            let k = k0 + kk;
+            var v = 0.0;
+            if m < gp.m && k < gp.k {
+                v = a[gp.a_off + m * gp.a_rs + k * gp.a_cs];
             }
-            a_tile[kk_a * TILE + mm] = va;
-            // B: consecutive invocations walk n (contiguous when b_cs = 1).
-            let nn = e % TILE;
-            let kk_b = e / TILE;
+            a_tile[kk * A_ROW4 + mm / 4u][mm % 4u] = v;
+        }
+        for (var r = 0u; r < TILE_N * BK / 256u; r++) {
+            let e = li + r * 256u;
+            var kk = e / TILE_N;
+            var nn = e % TILE_N;
+            if B_ALONG_K {
+                kk = e % BK;
+                nn = e / BK;
+            }
             let n = n0 + nn;
-            let kb = k0 + kk_b;
-            var vb = 0.0;
-            if n < gp.n && kb < gp.k {
-                vb = b[gp.b_off + kb * gp.b_rs + n * gp.b_cs];
+            let k = k0 + kk;
+            var v = 0.0;
+            if n < gp.n && k < gp.k {
+                v = b[gp.b_off + k * gp.b_rs + n * gp.b_cs];
             }
-            b_tile[kk_b * TILE + nn] = vb;
+            b_tile[kk * B_ROW4 + nn / 4u][nn % 4u] = v;
         }
         workgroupBarrier();
         for (var kk = 0u; kk < BK; kk++) {
-            var av: array<f32, 4>;
-            var bv: array<f32, 4>;
+            let a_low = a_tile[kk * A_ROW4 + lid.y];
+            let a_high = a_tile[kk * A_ROW4 + 16u + lid.y];
+            let bv = b_tile[kk * B_ROW4 + lid.x];
             for (var i = 0u; i < 4u; i++) {
-                av[i] = a_tile[kk * TILE + lid.y + 16u * i];
-                bv[i] = b_tile[kk * TILE + lid.x + 16u * i];
-            }
-            for (var i = 0u; i < 4u; i++) {
-                for (var jj = 0u; jj < 4u; jj++) {
-                    acc[i][jj] += av[i] * bv[jj];
-                }
+                acc[i] += a_low[i] * bv;
+                acc[4u + i] += a_high[i] * bv;
             }
         }
         workgroupBarrier();
     }
-    for (var i = 0u; i < 4u; i++) {
-        let m = m0 + lid.y + 16u * i;
+    for (var i = 0u; i < 8u; i++) {
+        let m = m0 + 4u * lid.y + 64u * (i / 4u) + i % 4u;
         for (var jj = 0u; jj < 4u; jj++) {
-            let n = n0 + lid.x + 16u * jj;
+            let n = n0 + 4u * lid.x + jj;
             if m < gp.m && n < gp.n {
                 var v = acc[i][jj];
                 if gp.use_bias != 0u {

@@ -303,7 +303,7 @@ fn chunked_multilayer_inference_equals_unchunked() {
     }
 }
 
-/// A context on the same adapter whose storage bindings and buffers are capped at `bytes`.
+/// A context on the same adapter, with the same features, whose storage bindings and buffers are capped at `bytes`.
 fn capped_context(shared: &GpuContext, bytes: u32) -> Arc<GpuContext> {
     let instance =
         wgpu::Instance::new(wgpu::InstanceDescriptor::new_without_display_handle_from_env());
@@ -319,7 +319,9 @@ fn capped_context(shared: &GpuContext, bytes: u32) -> Arc<GpuContext> {
     let mut limits = adapter.limits();
     limits.max_storage_buffer_binding_size = bytes.into();
     limits.max_buffer_size = bytes.into();
+    // The same features, so that both contexts run the same kernels (subgroup or not).
     let desc = wgpu::DeviceDescriptor {
+        required_features: shared.features(),
         required_limits: limits,
         ..Default::default()
     };

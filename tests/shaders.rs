@@ -1,8 +1,9 @@
 //! Every `shaders/*.wgsl` parses, validates and translates to SPIR-V, MSL, HLSL and GLSL.
 //!
 //! Some files are fragments used only concatenated with another (a cell file followed by the
-//! shared step code of recurrent.wgsl). Files that do not validate alone are concatenated pairwise;
-//! every pair that validates is translated, and a fragment that fits no pair fails the test.
+//! shared step code of recurrent.wgsl). Files that do not validate alone are concatenated pairwise,
+//! and a fragment that fits no pair is appended to each pair; every pair or triple that validates
+//! is translated, and a fragment that fits none fails the test.
 //! `override` constants are resolved to their WGSL defaults first, so every override needs one.
 //! A backend whose capabilities the shader exceeds (e.g. f64 on Metal) is skipped with a note;
 //! any other failure names the file, entry point and backend.
@@ -163,6 +164,28 @@ fn translation_units(shaders: &[Shader]) -> (Vec<Shader>, Vec<String>) {
                 used[i] = true;
                 used[j] = true;
                 units.push(unit);
+            }
+        }
+    }
+    // A fragment that extends a pair (recurrent_subgroup.wgsl after a cell file and
+    // recurrent.wgsl) makes a unit of three.
+    let pair_units: Vec<(String, String)> = units
+        .iter()
+        .filter(|unit| unit.name.contains(" + "))
+        .map(|unit| (unit.name.clone(), unit.source.clone()))
+        .collect();
+    for (i, (fragment, _)) in fragments.iter().enumerate() {
+        if used[i] {
+            continue;
+        }
+        for (name, source) in &pair_units {
+            let source = format!("{source}{}", fragment.source);
+            if parse_and_validate(&source).is_ok() {
+                used[i] = true;
+                units.push(Shader {
+                    name: format!("{name} + {}", fragment.name),
+                    source,
+                });
             }
         }
     }

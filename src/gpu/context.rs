@@ -188,21 +188,34 @@ enum LayoutKind {
     DynamicUniform(Vec<bool>),
 }
 
+/// Whether wgpu adds its runtime checks (bounds clamps, loop bounds) to a shader module.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub(crate) enum ShaderChecks {
+    /// wgpu's default: every index clamped where the backend does not bound it natively.
+    Runtime,
+    /// No checks added: only for kernels whose every array index is in range by construction
+    /// (guarded by `if` or bounded by constants) and whose loops all terminate. The hot step and
+    /// GEMM kernels (recurrent.wgsl, gemm.wgsl): clamps cost an instruction per workgroup-memory
+    /// read in their inner loops.
+    ProvenInRange,
+}
+
+/// Shader modules are cached by source address, length and checks.
+type ModuleKey = (usize, usize, ShaderChecks);
+
 #[derive(Clone, PartialEq, Eq, Hash)]
 struct CacheKey {
-    source_addr: usize,
-    source_len: usize,
+    module: ModuleKey,
     entry: &'static str,
     constants: Vec<(&'static str, u64)>,
     layout: LayoutKind,
 }
 
 impl CacheKey {
-    fn new(key: &PipelineKey, layout: LayoutKind) -> Self {
+    fn new(key: &PipelineKey, layout: LayoutKind, checks: ShaderChecks) -> Self {
         CacheKey {
             layout,
-            source_addr: key.source.as_ptr() as usize,
-            source_len: key.source.len(),
+            module: (key.source.as_ptr() as usize, key.source.len(), checks),
             entry: key.entry,
             constants: key
                 .constants
@@ -223,8 +236,7 @@ pub struct GpuContext {
     limits: wgpu::Limits,
     /// Uncaptured device errors (validation, out of memory, device lost) since the last check.
     errors: Arc<Mutex<Vec<String>>>,
-    /// Shader modules by source address and length.
-    modules: Mutex<HashMap<(usize, usize), wgpu::ShaderModule>>,
+    modules: Mutex<HashMap<ModuleKey, wgpu::ShaderModule>>,
     pipelines: Mutex<HashMap<CacheKey, Arc<wgpu::ComputePipeline>>>,
     /// Set while compute passes are timed ([`GpuContext::start_pass_timing`]).
     pass_timer: Mutex<Option<PassTimer>>,
@@ -341,7 +353,7 @@ impl GpuContext {
     /// uses (unused ones are not in the layout). Shader or pipeline errors are returned as
     /// [`RnnError::Device`] naming the kernel, and are not cached.
     pub fn pipeline(&self, key: &PipelineKey) -> Result<Arc<wgpu::ComputePipeline>> {
-        self.cached_pipeline(key, LayoutKind::Automatic)
+        self.cached_pipeline(key, LayoutKind::Automatic, ShaderChecks::Runtime)
     }
 
     /// Like [`GpuContext::pipeline`], from the same cache, with an explicit layout of group 0:
@@ -352,21 +364,27 @@ impl GpuContext {
         &self,
         key: &PipelineKey,
         storage_read_only: &[bool],
+        checks: ShaderChecks,
     ) -> Result<Arc<wgpu::ComputePipeline>> {
-        self.cached_pipeline(key, LayoutKind::DynamicUniform(storage_read_only.to_vec()))
+        self.cached_pipeline(
+            key,
+            LayoutKind::DynamicUniform(storage_read_only.to_vec()),
+            checks,
+        )
     }
 
     fn cached_pipeline(
         &self,
         key: &PipelineKey,
         layout: LayoutKind,
+        checks: ShaderChecks,
     ) -> Result<Arc<wgpu::ComputePipeline>> {
-        let cache_key = CacheKey::new(key, layout);
+        let cache_key = CacheKey::new(key, layout, checks);
         if let Some(pipeline) = lock(&self.pipelines).get(&cache_key) {
             return Ok(Arc::clone(pipeline));
         }
         let scope = self.device.push_error_scope(wgpu::ErrorFilter::Validation);
-        let module = self.module(key);
+        let module = self.module(key, cache_key.module);
         let pipeline_layout = match &cache_key.layout {
             LayoutKind::Automatic => None,
             LayoutKind::DynamicUniform(read_only) => {
@@ -389,7 +407,7 @@ impl GpuContext {
                 cache: None,
             });
         if let Some(error) = pollster::block_on(scope.pop()) {
-            lock(&self.modules).remove(&(cache_key.source_addr, cache_key.source_len));
+            lock(&self.modules).remove(&cache_key.module);
             return Err(RnnError::Device(format!(
                 "pipeline `{}` entry `{}` constants {:?}: {error}",
                 key.label, key.entry, key.constants
@@ -431,16 +449,32 @@ impl GpuContext {
             })
     }
 
-    fn module(&self, key: &PipelineKey) -> wgpu::ShaderModule {
+    fn module(&self, key: &PipelineKey, module_key: ModuleKey) -> wgpu::ShaderModule {
         let mut modules = lock(&self.modules);
         modules
-            .entry((key.source.as_ptr() as usize, key.source.len()))
+            .entry(module_key)
             .or_insert_with(|| {
-                self.device
-                    .create_shader_module(wgpu::ShaderModuleDescriptor {
-                        label: Some(key.label),
-                        source: wgpu::ShaderSource::Wgsl(key.source.into()),
-                    })
+                let desc = wgpu::ShaderModuleDescriptor {
+                    label: Some(key.label),
+                    source: wgpu::ShaderSource::Wgsl(key.source.into()),
+                };
+                match module_key.2 {
+                    ShaderChecks::Runtime => self.device.create_shader_module(desc),
+                    ShaderChecks::ProvenInRange => {
+                        let checks = wgpu::ShaderRuntimeChecks {
+                            bounds_checks: false,
+                            force_loop_bounding: false,
+                            ..wgpu::ShaderRuntimeChecks::checked()
+                        };
+                        // SAFETY: `ShaderChecks::ProvenInRange` is passed only for the kernels
+                        // of recurrent.wgsl and gemm.wgsl (src/gpu/kernels.rs): their storage
+                        // indices are in range for the buffer sizes the host checks before it
+                        // records a dispatch (tile loads past an edge are guarded by `if`),
+                        // workgroup and local arrays are indexed by expressions bounded by their
+                        // constant sizes, and every loop counts up to a dispatch parameter.
+                        unsafe { self.device.create_shader_module_trusted(desc, checks) }
+                    }
+                }
             })
             .clone()
     }

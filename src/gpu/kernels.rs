@@ -9,7 +9,7 @@
 
 use std::sync::Arc;
 
-use super::context::{GpuContext, PipelineKey};
+use super::context::{GpuContext, PipelineKey, ShaderChecks};
 use crate::config::{CellKind, Nonlinearity};
 use crate::error::{Result, RnnError};
 
@@ -22,21 +22,35 @@ enum Access {
 
 use Access::{Read, ReadWrite};
 
-/// The fused time-step kernels of one cell: its file followed by the shared step code.
-fn cell_source(cell: CellKind) -> &'static str {
-    match cell {
-        CellKind::Rnn(_) => concat!(
-            include_str!("../../shaders/rnn.wgsl"),
-            include_str!("../../shaders/recurrent.wgsl")
-        ),
-        CellKind::Lstm => concat!(
-            include_str!("../../shaders/lstm.wgsl"),
-            include_str!("../../shaders/recurrent.wgsl")
-        ),
-        CellKind::Gru => concat!(
-            include_str!("../../shaders/gru.wgsl"),
-            include_str!("../../shaders/recurrent.wgsl")
-        ),
+/// A cell's step sources: its file followed by recurrent.wgsl, then the same followed by
+/// recurrent_subgroup.wgsl (a module that needs the SUBGROUP feature).
+macro_rules! step_sources {
+    ($cell_file:literal) => {
+        [
+            concat!(
+                include_str!(concat!("../../shaders/", $cell_file)),
+                include_str!("../../shaders/recurrent.wgsl")
+            ),
+            concat!(
+                include_str!(concat!("../../shaders/", $cell_file)),
+                include_str!("../../shaders/recurrent.wgsl"),
+                include_str!("../../shaders/recurrent_subgroup.wgsl")
+            ),
+        ]
+    };
+}
+
+/// The fused time-step kernels of one cell, with the subgroup kernels where `subgroups`.
+fn cell_source(cell: CellKind, subgroups: bool) -> &'static str {
+    let [plain, with_subgroups] = match cell {
+        CellKind::Rnn(_) => step_sources!("rnn.wgsl"),
+        CellKind::Lstm => step_sources!("lstm.wgsl"),
+        CellKind::Gru => step_sources!("gru.wgsl"),
+    };
+    if subgroups {
+        with_subgroups
+    } else {
+        plain
     }
 }
 
@@ -64,8 +78,9 @@ pub(crate) const STEP_ROWS_MAX_BATCH: usize = 4;
 const FORWARD_STEP_ACCESS: &[Access] = &[
     Read, Read, Read, Read, ReadWrite, ReadWrite, ReadWrite, ReadWrite,
 ];
-/// Output tile of gemm.wgsl (rows and columns).
-pub(crate) const GEMM_TILE: usize = 64;
+/// Output tile of gemm.wgsl: rows (workgroups along y) and columns (along x).
+pub(crate) const GEMM_TILE_M: usize = 128;
+const GEMM_TILE_N: usize = 64;
 /// Invocations per workgroup of util.wgsl `transpose`.
 const TRANSPOSE_WORKGROUP: usize = 256;
 /// Columns per workgroup of reduce.wgsl.
@@ -88,6 +103,7 @@ impl Kernel {
         entry: &'static str,
         constants: Vec<(&'static str, f64)>,
         storage: &[Access],
+        checks: ShaderChecks,
     ) -> Result<Self> {
         let key = PipelineKey {
             label,
@@ -96,7 +112,7 @@ impl Kernel {
             constants,
         };
         let read_only: Vec<bool> = storage.iter().map(|&a| a == Read).collect();
-        let pipeline = ctx.dynamic_uniform_pipeline(&key, &read_only)?;
+        let pipeline = ctx.dynamic_uniform_pipeline(&key, &read_only, checks)?;
         let layout = pipeline.get_bind_group_layout(0);
         Ok(Kernel {
             label,
@@ -112,12 +128,15 @@ impl Kernel {
 pub(crate) struct CellKernels {
     /// recurrent.wgsl `forward_step`: one time step of one layer and direction.
     pub forward_step: Kernel,
-    /// recurrent.wgsl `forward_step_rows`: the same for B ≤ [`STEP_ROWS_MAX_BATCH`].
+    /// recurrent.wgsl `forward_step_rows` (recurrent_subgroup.wgsl
+    /// `forward_step_rows_subgroup` where the device has SUBGROUP): the same for
+    /// B ≤ [`STEP_ROWS_MAX_BATCH`].
     pub forward_step_rows: Kernel,
     /// recurrent.wgsl `backward_step`: one reverse time step (or the final dh_0 step).
     pub backward_step: Kernel,
-    /// gemm.wgsl: strided C = A·B (+ bias) (+ C).
-    pub gemm: Kernel,
+    /// gemm.wgsl: strided C = A·B (+ bias) (+ C), one pipeline per value of its override
+    /// constants (A_ALONG_K, B_ALONG_K), indexed `2·A_ALONG_K + B_ALONG_K`.
+    pub gemm: [Kernel; 4],
     /// reduce.wgsl: column sums.
     pub column_sum: Kernel,
     /// util.wgsl: swaps the two leading axes (seq-major <-> batch-first).
@@ -126,41 +145,53 @@ pub(crate) struct CellKernels {
 
 impl CellKernels {
     pub fn new(ctx: &GpuContext, cell: CellKind) -> Result<Arc<Self>> {
-        let source = cell_source(cell);
+        use ShaderChecks::{ProvenInRange, Runtime};
+        let subgroups = ctx.features().contains(wgpu::Features::SUBGROUP);
+        let source = cell_source(cell, subgroups);
         let constants = cell_constants(cell);
-        Ok(Arc::new(CellKernels {
-            forward_step: Kernel::new(
+        let step = |entry, storage| {
+            Kernel::new(
                 ctx,
                 cell.name(),
                 source,
-                "forward_step",
+                entry,
                 constants.clone(),
-                FORWARD_STEP_ACCESS,
-            )?,
-            forward_step_rows: Kernel::new(
-                ctx,
-                cell.name(),
-                source,
-                "forward_step_rows",
-                constants.clone(),
-                FORWARD_STEP_ACCESS,
-            )?,
-            backward_step: Kernel::new(
-                ctx,
-                cell.name(),
-                source,
-                "backward_step",
-                constants,
-                &[Read, Read, Read, Read, Read, Read, ReadWrite, ReadWrite],
-            )?,
-            gemm: Kernel::new(
+                storage,
+                ProvenInRange,
+            )
+        };
+        let gemm = |a_along_k: bool, b_along_k: bool| {
+            Kernel::new(
                 ctx,
                 "gemm",
                 include_str!("../../shaders/gemm.wgsl"),
                 "gemm",
-                Vec::new(),
+                vec![
+                    ("A_ALONG_K", f64::from(u8::from(a_along_k))),
+                    ("B_ALONG_K", f64::from(u8::from(b_along_k))),
+                ],
                 &[Read, Read, Read, ReadWrite],
+                ProvenInRange,
+            )
+        };
+        let rows_entry = if subgroups {
+            "forward_step_rows_subgroup"
+        } else {
+            "forward_step_rows"
+        };
+        Ok(Arc::new(CellKernels {
+            forward_step: step("forward_step", FORWARD_STEP_ACCESS)?,
+            forward_step_rows: step(rows_entry, FORWARD_STEP_ACCESS)?,
+            backward_step: step(
+                "backward_step",
+                &[Read, Read, Read, Read, Read, Read, ReadWrite, ReadWrite],
             )?,
+            gemm: [
+                gemm(false, false)?,
+                gemm(false, true)?,
+                gemm(true, false)?,
+                gemm(true, true)?,
+            ],
             column_sum: Kernel::new(
                 ctx,
                 "column_sum",
@@ -168,6 +199,7 @@ impl CellKernels {
                 "column_sum",
                 Vec::new(),
                 &[Read, ReadWrite],
+                Runtime,
             )?,
             transpose: Kernel::new(
                 ctx,
@@ -176,6 +208,7 @@ impl CellKernels {
                 "transpose",
                 vec![("WORKGROUP_SIZE", TRANSPOSE_WORKGROUP as f64)],
                 &[Read, ReadWrite],
+                Runtime,
             )?,
         }))
     }
@@ -343,13 +376,19 @@ impl<'k> Recorder<'k> {
         c: &wgpu::Buffer,
         params: GemmParams,
     ) -> Result<()> {
-        let binding = self.bind(&kernels.gemm, &[a, b, bias.unwrap_or(b), c]);
+        // Tile loads walk the operands' unit strides.
+        let kernel =
+            &kernels.gemm[2 * usize::from(params.a_cs == 1) + usize::from(params.b_rs == 1)];
+        let binding = self.bind(kernel, &[a, b, bias.unwrap_or(b), c]);
         let params = GemmParams {
             use_bias: bias.is_some(),
             ..params
         };
-        let groups = (params.n.div_ceil(GEMM_TILE), params.m.div_ceil(GEMM_TILE));
-        self.dispatch(&kernels.gemm, binding, &params.words(), groups)
+        let groups = (
+            params.n.div_ceil(GEMM_TILE_N),
+            params.m.div_ceil(GEMM_TILE_M),
+        );
+        self.dispatch(kernel, binding, &params.words(), groups)
     }
 
     /// Queues column sums of the (rows, cols) block at `src_off` into `dst` at `dst_off`.

@@ -13,7 +13,7 @@ use wgpu::util::DeviceExt;
 
 use super::buffer::GpuTensor;
 use super::context::GpuContext;
-use super::kernels::{param_stride, CellKernels, GEMM_TILE};
+use super::kernels::{param_stride, CellKernels, GEMM_TILE_M};
 use super::sequence::{
     output_tensor, run_backward, run_forward, BackwardIo, BackwardWorkspace, Dims, ForwardIo,
     ForwardWorkspace, LayerGradIo, LayerWeights, StateLayout,
@@ -457,7 +457,7 @@ impl GpuRnn {
         let budget = XPROJ_CHUNK_BYTES
             .min(limits.max_storage_buffer_binding_size as usize)
             .min(limits.max_buffer_size as usize);
-        let gemm_rows = limits.max_compute_workgroups_per_dimension as usize * GEMM_TILE;
+        let gemm_rows = limits.max_compute_workgroups_per_dimension as usize * GEMM_TILE_M;
         // One chunk's dispatches: its steps, the gemm and up to two transposes.
         let dispatches = limits.max_buffer_size as usize / param_stride(&self.ctx);
         (budget / row_bytes)

@@ -1,0 +1,60 @@
+// Subgroup variant of recurrent.wgsl `forward_step_rows`, in modules built only for devices
+// with the SUBGROUP feature (appended after a cell file and recurrent.wgsl, whose bindings,
+// constants and finish_forward it uses). The RW invocations of unit j split k as there; each
+// subgroup sums its partial dot products with subgroupAdd, and invocation e < G·RB adds the
+// subgroups' sums in subgroup order: one barrier instead of log2(RW) rounds of a tree
+// reduction, and the same order at every launch (deterministic on a device).
+
+var<workgroup> subgroup_sums: array<f32, GATES * RB * RW>;  // (G·RB, subgroups ≤ RW)
+
+@compute @workgroup_size(64, 1, 1)
+fn forward_step_rows_subgroup(
+    @builtin(workgroup_id) wg: vec3<u32>,
+    @builtin(local_invocation_index) li: u32,
+    @builtin(subgroup_invocation_id) lane: u32,
+    @builtin(subgroup_id) subgroup: u32,
+    @builtin(num_subgroups) subgroups: u32,
+) {
+    let B = fp.batch;
+    let H = fp.hidden;
+    let j = wg.x;
+    var acc = array<f32, GATES * RB>();
+    for (var k = li; k < H; k += RW) {
+        var hv = array<f32, RB>();
+        for (var b = 0u; b < RB; b++) {
+            if b < B {
+                hv[b] = h_states[fp.read_slot + b * H + k];
+            }
+        }
+        for (var g = 0u; g < GATES; g++) {
+            let w = w_hh[(g * H + j) * H + k];
+            for (var b = 0u; b < RB; b++) {
+                acc[g * RB + b] += w * hv[b];
+            }
+        }
+    }
+    // Rows b ≥ B hold zeros: only B of every RB sums are reduced (B is uniform, so every
+    // invocation of a subgroup takes the same branches).
+    for (var g = 0u; g < GATES; g++) {
+        for (var b = 0u; b < RB; b++) {
+            if b < B {
+                let sum = subgroupAdd(acc[g * RB + b]);
+                if lane == 0u {
+                    subgroup_sums[(g * RB + b) * RW + subgroup] = sum;
+                }
+            }
+        }
+    }
+    workgroupBarrier();
+    if li < B {
+        var unit = array<f32, 4>();
+        for (var g = 0u; g < GATES; g++) {
+            var total = 0.0;
+            for (var s = 0u; s < subgroups; s++) {
+                total += subgroup_sums[(g * RB + li) * RW + s];
+            }
+            unit[g] = total;
+        }
+        finish_forward(j, li, unit);
+    }
+}
