@@ -6,20 +6,46 @@
 //   const GRAD_PLANES: u32  1 when dG_x = dG_h, 2 when they differ (GRU)
 //   fn cell_forward(xg, hg, h_prev, c_prev) -> CellForward
 //   fn cell_backward(dh, dc, saved, h_prev, c_prev, c_cur) -> CellBackward
-// Tiled step kernels: a workgroup of WJ x WB invocations covers WJ hidden units and
-// ROWS = WB·RB_TILE batch rows; invocation (x, y) owns all gates of unit j0 + x for the RB_TILE
-// rows b0 + y + WB·r, so each W_hh value read from workgroup memory feeds RB_TILE rows (register
-// blocking over the batch). STEP_TILE in src/gpu/kernels.rs is (WJ, ROWS).
+// Tiled step kernels: a workgroup of WJ × KS invocations covers WJ hidden units and ROWS batch
+// rows. Invocation (x, y) accumulates, for unit j0 + x and all ROWS rows, the k-slice y of every
+// k tile (KSTEP of its TK values), so each W_hh value read from workgroup memory feeds ROWS rows
+// and each h value (read by all 32 invocations of a subgroup at once) feeds every gate: 16
+// multiply-adds per workgroup-memory load instead of about 1. The KS slices' partial sums are
+// then added in slice order through workgroup memory (deterministic), leaving invocation (x, y)
+// rows y and y + KS. STEP_TILE in src/gpu/kernels.rs is (WJ, ROWS).
 // Rows of state-like buffers are (B, H); a "slot" offset selects one (B, H) block.
 
 const WJ: u32 = 32u;
-const WB: u32 = 8u;
-const RB_TILE: u32 = 2u;
-// Batch rows per workgroup.
-const ROWS: u32 = WB * RB_TILE;
-const TK: u32 = 16u;
-// Padded row length of the W_hh tile in workgroup memory.
-const TKP: u32 = 17u;
+const KS: u32 = 8u;
+// Batch rows per workgroup: 2·KS, so that each invocation finishes two rows.
+const ROWS: u32 = 2u * KS;
+// Vec4s of ROWS rows.
+const QUADS: u32 = ROWS / 4u;
+const TK: u32 = 32u;
+const KSTEP: u32 = TK / KS;
+// Padded row length of the forward W_hh tile in workgroup memory (conflict-free column reads).
+const TKP: u32 = TK + 1u;
+
+// Partial sums of one half of the rows: (KS slices, ROWS / 2 rows, WJ units).
+var<workgroup> slice_sums: array<f32, KS * (ROWS / 2u) * WJ>;
+
+// Adds the KS slices' partial sums of rows half·KS .. half·KS + KS - 1 of unit x, where
+// `quads` are this invocation's (slice y's) sums of those rows; returns row half·KS + y.
+// Every invocation of the workgroup must call it (it holds barriers).
+fn add_slices(x: u32, y: u32, quads: array<vec4<f32>, 2>) -> f32 {
+    for (var q = 0u; q < 2u; q++) {
+        for (var c = 0u; c < 4u; c++) {
+            slice_sums[(y * KS + 4u * q + c) * WJ + x] = quads[q][c];
+        }
+    }
+    workgroupBarrier();
+    var sum = 0.0;
+    for (var s = 0u; s < KS; s++) {
+        sum += slice_sums[(s * KS + y) * WJ + x];
+    }
+    workgroupBarrier();
+    return sum;
+}
 
 // Logistic without overflow or cancellation: exp only of non-positive arguments.
 fn sigmoid(x: f32) -> f32 {
@@ -88,8 +114,8 @@ struct ForwardStep {
 @group(0) @binding(7) var<storage, read_write> output: array<f32>;       // (T or T_c, B, D·H)
 @group(0) @binding(8) var<storage, read_write> saved: array<f32>;        // (T, B, S·H), training only
 
-var<workgroup> h_tile: array<f32, ROWS * TK>;         // (ROWS, TK) of h_{t-1}
-var<workgroup> w_tile: array<f32, GATES * WJ * TKP>;  // (G·WJ, TKP): rows g·H + j of W_hh
+var<workgroup> h_tile: array<vec4<f32>, TK * QUADS>;   // (TK, ROWS / 4): h_tile[kk·QUADS + r / 4][r % 4] = h_{t-1}[b0 + r, k0 + kk]
+var<workgroup> w_tile: array<f32, GATES * WJ * TKP>;   // (G·WJ, TKP): w_tile[(g·WJ + x)·TKP + kk] = W_hh[g·H + j0 + x, k0 + kk]
 
 @compute @workgroup_size(32, 8, 1)
 fn forward_step(
@@ -103,50 +129,61 @@ fn forward_step(
     let b0 = wg.y * ROWS;
     let j = j0 + lid.x;
 
-    // acc[r·4 + g]: gate g of unit j, row b0 + lid.y + WB·r.
-    var acc = array<f32, 4 * RB_TILE>();
+    // acc[g·QUADS + q][c]: gate g of unit j, row b0 + 4q + c, over slice lid.y of k.
+    var acc = array<vec4<f32>, 4 * QUADS>();
     for (var k0 = 0u; k0 < H; k0 += TK) {
-        for (var e = li; e < ROWS * TK; e += WJ * WB) {
-            let bb = b0 + e / TK;
-            let k = k0 + e % TK;
+        // Consecutive invocations read consecutive k (one 128-byte line per row of TK).
+        for (var e = li; e < ROWS * TK; e += WJ * KS) {
+            let r = e / TK;
+            let kk = e % TK;
+            let b = b0 + r;
+            let k = k0 + kk;
             var v = 0.0;
-            if bb < B && k < H {
-                v = h_states[fp.read_slot + bb * H + k];
+            if b < B && k < H {
+                v = h_states[fp.read_slot + b * H + k];
             }
-            h_tile[e] = v;
+            h_tile[kk * QUADS + r / 4u][r % 4u] = v;
         }
-        for (var e = li; e < GATES * WJ * TK; e += WJ * WB) {
+        for (var e = li; e < GATES * WJ * TK; e += WJ * KS) {
             let row = e / TK;
             let kk = e % TK;
-            let g = row / WJ;
             let jj = j0 + row % WJ;
             let k = k0 + kk;
             var v = 0.0;
             if jj < H && k < H {
-                v = w_hh[(g * H + jj) * H + k];
+                v = w_hh[((row / WJ) * H + jj) * H + k];
             }
             w_tile[row * TKP + kk] = v;
         }
         workgroupBarrier();
-        for (var kk = 0u; kk < TK; kk++) {
+        for (var step = 0u; step < KSTEP; step++) {
+            let kk = lid.y * KSTEP + step;
             var w = array<f32, 4>();
             for (var g = 0u; g < GATES; g++) {
                 w[g] = w_tile[(g * WJ + lid.x) * TKP + kk];
             }
-            for (var r = 0u; r < RB_TILE; r++) {
-                let hv = h_tile[(lid.y + WB * r) * TK + kk];
+            for (var q = 0u; q < QUADS; q++) {
+                let hv = h_tile[kk * QUADS + q];
                 for (var g = 0u; g < GATES; g++) {
-                    acc[r * 4u + g] += w[g] * hv;
+                    acc[g * QUADS + q] += w[g] * hv;
                 }
             }
         }
         workgroupBarrier();
     }
 
-    for (var r = 0u; r < RB_TILE; r++) {
-        let b = b0 + lid.y + WB * r;
+    // gates[half][g]: gate g of unit j, row b0 + lid.y + KS·half, summed over the slices.
+    var gates = array<array<f32, 4>, 2>();
+    for (var g = 0u; g < GATES; g++) {
+        for (var half = 0u; half < 2u; half++) {
+            let quads = array<vec4<f32>, 2>(acc[g * QUADS + 2u * half], acc[g * QUADS + 2u * half + 1u]);
+            gates[half][g] = add_slices(lid.x, lid.y, quads);
+        }
+    }
+    for (var half = 0u; half < 2u; half++) {
+        let b = b0 + lid.y + KS * half;
         if j < H && b < B {
-            finish_forward(j, b, array<f32, 4>(acc[r * 4u], acc[r * 4u + 1u], acc[r * 4u + 2u], acc[r * 4u + 3u]));
+            finish_forward(j, b, gates[half]);
         }
     }
 }
@@ -291,8 +328,8 @@ struct BackwardStep {
 @group(0) @binding(7) var<storage, read_write> d_gates: array<f32>;      // (GRAD_PLANES, T, B, G·H)
 @group(0) @binding(8) var<storage, read_write> carry: array<f32>;        // (2, 2, B, H): slot, (dh, dc)
 
-var<workgroup> dg_tile: array<f32, ROWS * TK>;  // (ROWS, TK) of dG_h[t_prev]
-var<workgroup> wt_tile: array<f32, TK * WJ>;    // (TK, WJ): W_hh[k0 + kk, j0 + jj]
+var<workgroup> dg_tile: array<vec4<f32>, TK * QUADS>;  // (TK, ROWS / 4): dg_tile[kk·QUADS + r / 4][r % 4] = dG_h[t_prev][b0 + r, k0 + kk]
+var<workgroup> wt_tile: array<f32, TK * WJ>;            // (TK, WJ): wt_tile[kk·WJ + x] = W_hh[k0 + kk, j0 + x]
 
 @compute @workgroup_size(32, 8, 1)
 fn backward_step(
@@ -308,21 +345,23 @@ fn backward_step(
     let b0 = wg.y * ROWS;
 
     // dh through W_hh from the step processed before: dG_h[t_prev] (B, G·H) · W_hh (G·H, H);
-    // dh_rec[r] for row b0 + lid.y + WB·r.
-    var dh_rec = array<f32, RB_TILE>();
+    // acc[q][c] for row b0 + 4q + c over slice lid.y of k.
+    var acc = array<vec4<f32>, QUADS>();
     if bp.has_prev != 0u {
         let base = bp.dgh_off + bp.t_prev * B * GH;
         for (var k0 = 0u; k0 < GH; k0 += TK) {
-            for (var e = li; e < ROWS * TK; e += WJ * WB) {
-                let bb = b0 + e / TK;
-                let k = k0 + e % TK;
+            for (var e = li; e < ROWS * TK; e += WJ * KS) {
+                let r = e / TK;
+                let kk = e % TK;
+                let b = b0 + r;
+                let k = k0 + kk;
                 var v = 0.0;
-                if bb < B && k < GH {
-                    v = d_gates[base + bb * GH + k];
+                if b < B && k < GH {
+                    v = d_gates[base + b * GH + k];
                 }
-                dg_tile[e] = v;
+                dg_tile[kk * QUADS + r / 4u][r % 4u] = v;
             }
-            for (var e = li; e < TK * WJ; e += WJ * WB) {
+            for (var e = li; e < TK * WJ; e += WJ * KS) {
                 let k = k0 + e / WJ;
                 let jj = j0 + e % WJ;
                 var v = 0.0;
@@ -332,19 +371,21 @@ fn backward_step(
                 wt_tile[e] = v;
             }
             workgroupBarrier();
-            for (var kk = 0u; kk < TK; kk++) {
+            for (var step = 0u; step < KSTEP; step++) {
+                let kk = lid.y * KSTEP + step;
                 let w = wt_tile[kk * WJ + lid.x];
-                for (var r = 0u; r < RB_TILE; r++) {
-                    dh_rec[r] += dg_tile[(lid.y + WB * r) * TK + kk] * w;
+                for (var q = 0u; q < QUADS; q++) {
+                    acc[q] += dg_tile[kk * QUADS + q] * w;
                 }
             }
             workgroupBarrier();
         }
     }
-    for (var r = 0u; r < RB_TILE; r++) {
-        let b = b0 + lid.y + WB * r;
+    for (var half = 0u; half < 2u; half++) {
+        let dh_rec = add_slices(lid.x, lid.y, array<vec4<f32>, 2>(acc[2u * half], acc[2u * half + 1u]));
+        let b = b0 + lid.y + KS * half;
         if j < H && b < B {
-            finish_backward(j, b, dh_rec[r]);
+            finish_backward(j, b, dh_rec);
         }
     }
 }
