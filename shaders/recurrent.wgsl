@@ -19,8 +19,10 @@ const WJ: u32 = 32u;
 const KS: u32 = 8u;
 // Batch rows per workgroup: 2·KS, so that each invocation finishes two rows.
 const ROWS: u32 = 2u * KS;
-// Vec4s of ROWS rows.
+// Vec4s of ROWS rows, and the padded row length (in vec4s) of the row tiles in workgroup
+// memory: with 5 vec4s per k, the 8 k × 4 rows that one subgroup of 32 stores hit 32 banks.
 const QUADS: u32 = ROWS / 4u;
+const QUADS_PAD: u32 = QUADS + 1u;
 const TK: u32 = 32u;
 const KSTEP: u32 = TK / KS;
 // Padded row length of the forward W_hh tile in workgroup memory (conflict-free column reads).
@@ -28,6 +30,16 @@ const TKP: u32 = TK + 1u;
 
 // Partial sums of one half of the rows: (KS slices, ROWS / 2 rows, WJ units).
 var<workgroup> slice_sums: array<f32, KS * (ROWS / 2u) * WJ>;
+
+// Element e (< ROWS·TK) of a (ROWS, TK) tile load as (row, kk): 32 consecutive e cover 4 rows ×
+// 8 consecutive k, so a subgroup reads four 32-byte segments and stores to distinct banks.
+fn tile_element(e: u32) -> vec2<u32> {
+    let lane = e % 32u;
+    let block = e / 32u;
+    let kk = (block % (TK / 8u)) * 8u + lane % 8u;
+    let r = (block / (TK / 8u)) * 4u + lane / 8u;
+    return vec2<u32>(r, kk);
+}
 
 // Adds the KS slices' partial sums of rows half·KS .. half·KS + KS - 1 of unit x, where
 // `quads` are this invocation's (slice y's) sums of those rows; returns row half·KS + y.
@@ -114,7 +126,7 @@ struct ForwardStep {
 @group(0) @binding(7) var<storage, read_write> output: array<f32>;       // (T or T_c, B, D·H)
 @group(0) @binding(8) var<storage, read_write> saved: array<f32>;        // (T, B, S·H), training only
 
-var<workgroup> h_tile: array<vec4<f32>, TK * QUADS>;   // (TK, ROWS / 4): h_tile[kk·QUADS + r / 4][r % 4] = h_{t-1}[b0 + r, k0 + kk]
+var<workgroup> h_tile: array<vec4<f32>, TK * QUADS_PAD>;  // (TK, QUADS_PAD): h_tile[kk·QUADS_PAD + r / 4][r % 4] = h_{t-1}[b0 + r, k0 + kk]
 var<workgroup> w_tile: array<f32, GATES * WJ * TKP>;   // (G·WJ, TKP): w_tile[(g·WJ + x)·TKP + kk] = W_hh[g·H + j0 + x, k0 + kk]
 
 @compute @workgroup_size(32, 8, 1)
@@ -132,17 +144,17 @@ fn forward_step(
     // acc[g·QUADS + q][c]: gate g of unit j, row b0 + 4q + c, over slice lid.y of k.
     var acc = array<vec4<f32>, 4 * QUADS>();
     for (var k0 = 0u; k0 < H; k0 += TK) {
-        // Consecutive invocations read consecutive k (one 128-byte line per row of TK).
         for (var e = li; e < ROWS * TK; e += WJ * KS) {
-            let r = e / TK;
-            let kk = e % TK;
+            let at = tile_element(e);
+            let r = at.x;
+            let kk = at.y;
             let b = b0 + r;
             let k = k0 + kk;
             var v = 0.0;
             if b < B && k < H {
                 v = h_states[fp.read_slot + b * H + k];
             }
-            h_tile[kk * QUADS + r / 4u][r % 4u] = v;
+            h_tile[kk * QUADS_PAD + r / 4u][r % 4u] = v;
         }
         for (var e = li; e < GATES * WJ * TK; e += WJ * KS) {
             let row = e / TK;
@@ -163,7 +175,7 @@ fn forward_step(
                 w[g] = w_tile[(g * WJ + lid.x) * TKP + kk];
             }
             for (var q = 0u; q < QUADS; q++) {
-                let hv = h_tile[kk * QUADS + q];
+                let hv = h_tile[kk * QUADS_PAD + q];
                 for (var g = 0u; g < GATES; g++) {
                     acc[g * QUADS + q] += w[g] * hv;
                 }
@@ -328,7 +340,7 @@ struct BackwardStep {
 @group(0) @binding(7) var<storage, read_write> d_gates: array<f32>;      // (GRAD_PLANES, T, B, G·H)
 @group(0) @binding(8) var<storage, read_write> carry: array<f32>;        // (2, 2, B, H): slot, (dh, dc)
 
-var<workgroup> dg_tile: array<vec4<f32>, TK * QUADS>;  // (TK, ROWS / 4): dg_tile[kk·QUADS + r / 4][r % 4] = dG_h[t_prev][b0 + r, k0 + kk]
+var<workgroup> dg_tile: array<vec4<f32>, TK * QUADS_PAD>;  // (TK, QUADS_PAD): dg_tile[kk·QUADS_PAD + r / 4][r % 4] = dG_h[t_prev][b0 + r, k0 + kk]
 var<workgroup> wt_tile: array<f32, TK * WJ>;            // (TK, WJ): wt_tile[kk·WJ + x] = W_hh[k0 + kk, j0 + x]
 
 @compute @workgroup_size(32, 8, 1)
@@ -351,15 +363,16 @@ fn backward_step(
         let base = bp.dgh_off + bp.t_prev * B * GH;
         for (var k0 = 0u; k0 < GH; k0 += TK) {
             for (var e = li; e < ROWS * TK; e += WJ * KS) {
-                let r = e / TK;
-                let kk = e % TK;
+                let at = tile_element(e);
+                let r = at.x;
+                let kk = at.y;
                 let b = b0 + r;
                 let k = k0 + kk;
                 var v = 0.0;
                 if b < B && k < GH {
                     v = d_gates[base + b * GH + k];
                 }
-                dg_tile[kk * QUADS + r / 4u][r % 4u] = v;
+                dg_tile[kk * QUADS_PAD + r / 4u][r % 4u] = v;
             }
             for (var e = li; e < TK * WJ; e += WJ * KS) {
                 let k = k0 + e / WJ;
@@ -375,7 +388,7 @@ fn backward_step(
                 let kk = lid.y * KSTEP + step;
                 let w = wt_tile[kk * WJ + lid.x];
                 for (var q = 0u; q < QUADS; q++) {
-                    acc[q] += dg_tile[kk * QUADS + q] * w;
+                    acc[q] += dg_tile[kk * QUADS_PAD + q] * w;
                 }
             }
             workgroupBarrier();
