@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Runs on the lent GPU machine with devbin/ and .gl/ carried (scripts/device_prepare.sh):
 # adapter info, the torch fixtures on the GPU, the GPU tests, the issue #4 target cases and the
-# default sweep, and PyTorch on the same cases, side by side. Everything lands in $OUT.
+# default sweep, and PyTorch on the same cases, side by side; with devbin/base/ (BASE=… in
+# device_prepare.sh) the target cases on that commit's binary too. Everything lands in $OUT.
 # HIDDEN and SEQ (default 1024 and 100) shrink the target cases for a trial run elsewhere.
 set -uo pipefail
 OUT=${OUT:-/tmp/out}
@@ -27,6 +28,10 @@ HIDDEN=${HIDDEN:-1024} SEQ=${SEQ:-100}
 run_ours() { devbin/wgpu-rnn bench --hidden "$HIDDEN" --seq "$SEQ" --reps 20 --warmup 5 \
     --json "$OUT/targets_$(date +%s%N).json" "$@" 2>&1 | tee -a "$OUT/targets.txt"; }
 targets run_ours
+if [ -x devbin/base/wgpu-rnn ]; then  # the BASE commit's kernels, same cases, GPU only
+    targets devbin/base/wgpu-rnn bench --backend gpu --hidden "$HIDDEN" --seq "$SEQ" --reps 20 \
+        --warmup 5 2>&1 | tee -a "$OUT/targets_base.txt"
+fi
 python3 - "$OUT" <<'PY'
 import glob, json, sys
 out = sys.argv[1]

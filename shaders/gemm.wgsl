@@ -48,8 +48,59 @@ struct Gemm {
 @group(0) @binding(3) var<storage, read> bias: array<f32>;        // (N) at bias_off, read when use_bias
 @group(0) @binding(4) var<storage, read_write> c: array<f32>;     // (M, N) with row stride ldc
 
+// Elements of each tile that one of the 256 invocations loads.
+const A_LOADS: u32 = TILE_M * BK / 256u;
+const B_LOADS: u32 = TILE_N * BK / 256u;
+
 var<workgroup> a_tile: array<vec4<f32>, BK * A_ROW4>;  // (BK, TILE_M / 4): a_tile[kk·A_ROW4 + mm / 4][mm % 4] = A(m0 + mm, k0 + kk)
 var<workgroup> b_tile: array<vec4<f32>, BK * B_ROW4>;  // (BK, TILE_N / 4): b_tile[kk·B_ROW4 + nn / 4][nn % 4] = B(k0 + kk, n0 + nn)
+
+// (mm, kk) of element e of an A tile, (nn, kk) of a B tile: k varies fastest along the operand's
+// unit stride.
+fn a_element(e: u32) -> vec2<u32> {
+    if A_ALONG_K {
+        return vec2<u32>(e / BK, e % BK);
+    }
+    return vec2<u32>(e % TILE_M, e / TILE_M);
+}
+
+fn b_element(e: u32) -> vec2<u32> {
+    if B_ALONG_K {
+        return vec2<u32>(e / BK, e % BK);
+    }
+    return vec2<u32>(e % TILE_N, e / TILE_N);
+}
+
+// This invocation's elements of the A and B tiles at k0 (zero past the matrices' edges).
+struct TileLoads {
+    a: array<f32, A_LOADS>,
+    b: array<f32, B_LOADS>,
+}
+
+fn load_tiles(m0: u32, n0: u32, k0: u32, li: u32) -> TileLoads {
+    var loads: TileLoads;
+    for (var r = 0u; r < A_LOADS; r++) {
+        let at = a_element(li + r * 256u);
+        let m = m0 + at.x;
+        let k = k0 + at.y;
+        var v = 0.0;
+        if m < gp.m && k < gp.k {
+            v = a[gp.a_off + m * gp.a_rs + k * gp.a_cs];
+        }
+        loads.a[r] = v;
+    }
+    for (var r = 0u; r < B_LOADS; r++) {
+        let at = b_element(li + r * 256u);
+        let n = n0 + at.x;
+        let k = k0 + at.y;
+        var v = 0.0;
+        if n < gp.n && k < gp.k {
+            v = b[gp.b_off + k * gp.b_rs + n * gp.b_cs];
+        }
+        loads.b[r] = v;
+    }
+    return loads;
+}
 
 @compute @workgroup_size(16, 16, 1)
 fn gemm(
@@ -61,40 +112,22 @@ fn gemm(
     let n0 = wg.x * TILE_N;
     // acc[i]: columns 4·tx .. 4·tx + 3 of row 4·ty + i (i < 4) or 64 + 4·ty + i - 4 (i ≥ 4).
     var acc = array<vec4<f32>, 8>();
+    // The next tiles are read from memory before the current one's products (their latency
+    // hidden behind them) and stored to workgroup memory after.
+    var next = load_tiles(m0, n0, 0u, li);
     for (var k0 = 0u; k0 < gp.k; k0 += BK) {
-        for (var r = 0u; r < TILE_M * BK / 256u; r++) {
-            let e = li + r * 256u;
-            var kk = e / TILE_M;
-            var mm = e % TILE_M;
-            if A_ALONG_K {
-                kk = e % BK;
-                mm = e / BK;
-            }
-            let m = m0 + mm;
-            let k = k0 + kk;
-            var v = 0.0;
-            if m < gp.m && k < gp.k {
-                v = a[gp.a_off + m * gp.a_rs + k * gp.a_cs];
-            }
-            a_tile[kk * A_ROW4 + mm / 4u][mm % 4u] = v;
+        for (var r = 0u; r < A_LOADS; r++) {
+            let at = a_element(li + r * 256u);
+            a_tile[at.y * A_ROW4 + at.x / 4u][at.x % 4u] = next.a[r];
         }
-        for (var r = 0u; r < TILE_N * BK / 256u; r++) {
-            let e = li + r * 256u;
-            var kk = e / TILE_N;
-            var nn = e % TILE_N;
-            if B_ALONG_K {
-                kk = e % BK;
-                nn = e / BK;
-            }
-            let n = n0 + nn;
-            let k = k0 + kk;
-            var v = 0.0;
-            if n < gp.n && k < gp.k {
-                v = b[gp.b_off + k * gp.b_rs + n * gp.b_cs];
-            }
-            b_tile[kk * B_ROW4 + nn / 4u][nn % 4u] = v;
+        for (var r = 0u; r < B_LOADS; r++) {
+            let at = b_element(li + r * 256u);
+            b_tile[at.y * B_ROW4 + at.x / 4u][at.x % 4u] = next.b[r];
         }
         workgroupBarrier();
+        if k0 + BK < gp.k {
+            next = load_tiles(m0, n0, k0 + BK, li);
+        }
         for (var kk = 0u; kk < BK; kk++) {
             let a_low = a_tile[kk * A_ROW4 + lid.y];
             let a_high = a_tile[kk * A_ROW4 + 16u + lid.y];
