@@ -27,6 +27,9 @@ const TK: u32 = 32u;
 const KSTEP: u32 = TK / KS;
 // Padded row length of the forward W_hh tile in workgroup memory (conflict-free column reads).
 const TKP: u32 = TK + 1u;
+// Elements of a (ROWS, TK) tile and of a (WJ, TK) tile that each of the WJ·KS invocations loads.
+const ROW_LOADS: u32 = ROWS * TK / (WJ * KS);
+const UNIT_LOADS: u32 = WJ * TK / (WJ * KS);
 
 // Partial sums of one half of the rows: (KS slices, ROWS / 2 rows, WJ units).
 var<workgroup> slice_sums: array<f32, KS * (ROWS / 2u) * WJ>;
@@ -129,6 +132,42 @@ struct ForwardStep {
 var<workgroup> h_tile: array<vec4<f32>, TK * QUADS_PAD>;  // (TK, QUADS_PAD): h_tile[kk·QUADS_PAD + r / 4][r % 4] = h_{t-1}[b0 + r, k0 + kk]
 var<workgroup> w_tile: array<f32, GATES * WJ * TKP>;   // (G·WJ, TKP): w_tile[(g·WJ + x)·TKP + kk] = W_hh[g·H + j0 + x, k0 + kk]
 
+// This invocation's elements of the h_{t-1} tile and the W_hh tile at k0 (zero past the edges).
+struct ForwardTiles {
+    h: array<f32, ROW_LOADS>,
+    // (G·WJ, TK) tile: element e = li + r·WJ·KS is row e / TK, column e % TK (consecutive
+    // invocations read consecutive k).
+    w: array<f32, 4 * UNIT_LOADS>,
+}
+
+fn load_forward_tiles(j0: u32, b0: u32, k0: u32, li: u32) -> ForwardTiles {
+    let B = fp.batch;
+    let H = fp.hidden;
+    var tiles: ForwardTiles;
+    for (var r = 0u; r < ROW_LOADS; r++) {
+        let at = tile_element(li + r * WJ * KS);
+        let b = b0 + at.x;
+        let k = k0 + at.y;
+        var v = 0.0;
+        if b < B && k < H {
+            v = h_states[fp.read_slot + b * H + k];
+        }
+        tiles.h[r] = v;
+    }
+    for (var r = 0u; r < GATES * UNIT_LOADS; r++) {
+        let e = li + r * WJ * KS;
+        let row = e / TK;
+        let jj = j0 + row % WJ;
+        let k = k0 + e % TK;
+        var v = 0.0;
+        if jj < H && k < H {
+            v = w_hh[((row / WJ) * H + jj) * H + k];
+        }
+        tiles.w[r] = v;
+    }
+    return tiles;
+}
+
 @compute @workgroup_size(32, 8, 1)
 fn forward_step(
     @builtin(workgroup_id) wg: vec3<u32>,
@@ -143,31 +182,22 @@ fn forward_step(
 
     // acc[g·QUADS + q][c]: gate g of unit j, row b0 + 4q + c, over slice lid.y of k.
     var acc = array<vec4<f32>, 4 * QUADS>();
+    // The next tiles are read from memory before the current one's products (their latency
+    // hidden behind them) and stored to workgroup memory after.
+    var next = load_forward_tiles(j0, b0, 0u, li);
     for (var k0 = 0u; k0 < H; k0 += TK) {
-        for (var e = li; e < ROWS * TK; e += WJ * KS) {
-            let at = tile_element(e);
-            let r = at.x;
-            let kk = at.y;
-            let b = b0 + r;
-            let k = k0 + kk;
-            var v = 0.0;
-            if b < B && k < H {
-                v = h_states[fp.read_slot + b * H + k];
-            }
-            h_tile[kk * QUADS_PAD + r / 4u][r % 4u] = v;
+        for (var r = 0u; r < ROW_LOADS; r++) {
+            let at = tile_element(li + r * WJ * KS);
+            h_tile[at.y * QUADS_PAD + at.x / 4u][at.x % 4u] = next.h[r];
         }
-        for (var e = li; e < GATES * WJ * TK; e += WJ * KS) {
-            let row = e / TK;
-            let kk = e % TK;
-            let jj = j0 + row % WJ;
-            let k = k0 + kk;
-            var v = 0.0;
-            if jj < H && k < H {
-                v = w_hh[((row / WJ) * H + jj) * H + k];
-            }
-            w_tile[row * TKP + kk] = v;
+        for (var r = 0u; r < GATES * UNIT_LOADS; r++) {
+            let e = li + r * WJ * KS;
+            w_tile[(e / TK) * TKP + e % TK] = next.w[r];
         }
         workgroupBarrier();
+        if k0 + TK < H {
+            next = load_forward_tiles(j0, b0, k0 + TK, li);
+        }
         for (var step = 0u; step < KSTEP; step++) {
             let kk = lid.y * KSTEP + step;
             var w = array<f32, 4>();
@@ -343,6 +373,43 @@ struct BackwardStep {
 var<workgroup> dg_tile: array<vec4<f32>, TK * QUADS_PAD>;  // (TK, QUADS_PAD): dg_tile[kk·QUADS_PAD + r / 4][r % 4] = dG_h[t_prev][b0 + r, k0 + kk]
 var<workgroup> wt_tile: array<f32, TK * WJ>;            // (TK, WJ): wt_tile[kk·WJ + x] = W_hh[k0 + kk, j0 + x]
 
+// This invocation's elements of the dG_h[t_prev] tile and the W_hh tile at k0 (zero past the
+// edges).
+struct BackwardTiles {
+    dg: array<f32, ROW_LOADS>,
+    // (TK, WJ) tile: element e = li + r·WJ·KS is row e / WJ, column e % WJ.
+    wt: array<f32, UNIT_LOADS>,
+}
+
+fn load_backward_tiles(j0: u32, b0: u32, k0: u32, li: u32) -> BackwardTiles {
+    let B = bp.batch;
+    let H = bp.hidden;
+    let GH = GATES * H;
+    let base = bp.dgh_off + bp.t_prev * B * GH;
+    var tiles: BackwardTiles;
+    for (var r = 0u; r < ROW_LOADS; r++) {
+        let at = tile_element(li + r * WJ * KS);
+        let b = b0 + at.x;
+        let k = k0 + at.y;
+        var v = 0.0;
+        if b < B && k < GH {
+            v = d_gates[base + b * GH + k];
+        }
+        tiles.dg[r] = v;
+    }
+    for (var r = 0u; r < UNIT_LOADS; r++) {
+        let e = li + r * WJ * KS;
+        let k = k0 + e / WJ;
+        let jj = j0 + e % WJ;
+        var v = 0.0;
+        if k < GH && jj < H {
+            v = bw_hh[k * H + jj];
+        }
+        tiles.wt[r] = v;
+    }
+    return tiles;
+}
+
 @compute @workgroup_size(32, 8, 1)
 fn backward_step(
     @builtin(workgroup_id) wg: vec3<u32>,
@@ -360,30 +427,20 @@ fn backward_step(
     // acc[q][c] for row b0 + 4q + c over slice lid.y of k.
     var acc = array<vec4<f32>, QUADS>();
     if bp.has_prev != 0u {
-        let base = bp.dgh_off + bp.t_prev * B * GH;
+        // As in forward_step: the next tiles are read before the current one's products.
+        var next = load_backward_tiles(j0, b0, 0u, li);
         for (var k0 = 0u; k0 < GH; k0 += TK) {
-            for (var e = li; e < ROWS * TK; e += WJ * KS) {
-                let at = tile_element(e);
-                let r = at.x;
-                let kk = at.y;
-                let b = b0 + r;
-                let k = k0 + kk;
-                var v = 0.0;
-                if b < B && k < GH {
-                    v = d_gates[base + b * GH + k];
-                }
-                dg_tile[kk * QUADS_PAD + r / 4u][r % 4u] = v;
+            for (var r = 0u; r < ROW_LOADS; r++) {
+                let at = tile_element(li + r * WJ * KS);
+                dg_tile[at.y * QUADS_PAD + at.x / 4u][at.x % 4u] = next.dg[r];
             }
-            for (var e = li; e < TK * WJ; e += WJ * KS) {
-                let k = k0 + e / WJ;
-                let jj = j0 + e % WJ;
-                var v = 0.0;
-                if k < GH && jj < H {
-                    v = bw_hh[k * H + jj];
-                }
-                wt_tile[e] = v;
+            for (var r = 0u; r < UNIT_LOADS; r++) {
+                wt_tile[li + r * WJ * KS] = next.wt[r];
             }
             workgroupBarrier();
+            if k0 + TK < GH {
+                next = load_backward_tiles(j0, b0, k0 + TK, li);
+            }
             for (var step = 0u; step < KSTEP; step++) {
                 let kk = lid.y * KSTEP + step;
                 let w = wt_tile[kk * WJ + lid.x];
