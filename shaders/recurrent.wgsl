@@ -119,9 +119,12 @@ struct ForwardStep {
     out_t: u32,
 }
 
+// Inference with W_hh rounded to f16 (util.wgsl pack_half): half the bytes per step read.
+override HALF_WEIGHTS: bool = false;
+
 @group(0) @binding(0) var<uniform> fp: ForwardStep;
 @group(0) @binding(1) var<storage, read> xproj: array<f32>;              // (T_c, B, G·H): x·W_ihᵀ + b_ih of one chunk
-@group(0) @binding(2) var<storage, read> w_hh: array<f32>;               // (G·H, H)
+@group(0) @binding(2) var<storage, read> w_hh: array<u32>;               // (G·H, H) f32 bits; HALF_WEIGHTS: (G·H, ⌈H/2⌉) f16 pairs
 @group(0) @binding(3) var<storage, read> b_hh: array<f32>;               // (G·H)
 @group(0) @binding(4) var<storage, read> lengths: array<u32>;            // (B)
 @group(0) @binding(5) var<storage, read_write> h_states: array<f32>;     // (slots, B, H)
@@ -131,6 +134,15 @@ struct ForwardStep {
 
 var<workgroup> h_tile: array<vec4<f32>, TK * QUADS_PAD>;  // (TK, QUADS_PAD): h_tile[kk·QUADS_PAD + r / 4][r % 4] = h_{t-1}[b0 + r, k0 + kk]
 var<workgroup> w_tile: array<f32, GATES * WJ * TKP>;   // (G·WJ, TKP): w_tile[(g·WJ + x)·TKP + kk] = W_hh[g·H + j0 + x, k0 + kk]
+
+// W_hh[row, k] as f32.
+fn recurrent_weight(row: u32, k: u32) -> f32 {
+    let H = fp.hidden;
+    if HALF_WEIGHTS {
+        return unpack2x16float(w_hh[row * ((H + 1u) / 2u) + k / 2u])[k % 2u];
+    }
+    return bitcast<f32>(w_hh[row * H + k]);
+}
 
 // This invocation's elements of the h_{t-1} tile and the W_hh tile at k0 (zero past the edges).
 struct ForwardTiles {
@@ -161,7 +173,7 @@ fn load_forward_tiles(j0: u32, b0: u32, k0: u32, li: u32) -> ForwardTiles {
         let k = k0 + e % TK;
         var v = 0.0;
         if jj < H && k < H {
-            v = w_hh[((row / WJ) * H + jj) * H + k];
+            v = recurrent_weight((row / WJ) * H + jj, k);
         }
         tiles.w[r] = v;
     }
@@ -258,7 +270,7 @@ fn forward_step_rows(
             }
         }
         for (var g = 0u; g < GATES; g++) {
-            let w = w_hh[(g * H + j) * H + k];
+            let w = recurrent_weight(g * H + j, k);
             for (var b = 0u; b < RB; b++) {
                 acc[g * RB + b] += w * hv[b];
             }

@@ -27,7 +27,7 @@ fn forward_step_rows_subgroup(
             }
         }
         for (var g = 0u; g < GATES; g++) {
-            let w = w_hh[(g * H + j) * H + k];
+            let w = recurrent_weight(g * H + j, k);
             for (var b = 0u; b < RB; b++) {
                 acc[g * RB + b] += w * hv[b];
             }

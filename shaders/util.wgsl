@@ -57,3 +57,36 @@ fn transpose(@builtin(global_invocation_id) id: vec3u, @builtin(num_workgroups) 
     let bi = i / (f * a);
     transpose_out[i] = transpose_in[(ai * b + bi) * f + fi];
 }
+
+// ---- pack_half: rows of f32 rounded to f16, two per word ----
+// out[r, p] = pack2x16float(in[r, 2p], in[r, 2p + 1]) (0 past the row's end): rows of ⌈cols/2⌉
+// words, as recurrent.wgsl reads W_hh with HALF_WEIGHTS. Values beyond f16's range saturate at
+// ±65504 (pack2x16float leaves them undefined).
+
+const F16_MAX: f32 = 65504.0;
+
+struct PackParams {
+    rows: u32,
+    cols: u32,
+}
+
+@group(0) @binding(0) var<uniform> pack_params: PackParams;
+@group(0) @binding(1) var<storage, read> pack_in: array<f32>; // (rows, cols)
+@group(0) @binding(2) var<storage, read_write> pack_out: array<u32>; // (rows, ⌈cols/2⌉)
+
+@compute @workgroup_size(WORKGROUP_SIZE)
+fn pack_half(@builtin(global_invocation_id) id: vec3u, @builtin(num_workgroups) groups: vec3u) {
+    let cols = pack_params.cols;
+    let pairs = (cols + 1u) / 2u;
+    let i = flat_index(id, groups);
+    if i >= pack_params.rows * pairs {
+        return;
+    }
+    let r = i / pairs;
+    let c = 2u * (i % pairs);
+    var pair = vec2<f32>(pack_in[r * cols + c], 0.0);
+    if c + 1u < cols {
+        pair.y = pack_in[r * cols + c + 1u];
+    }
+    pack_out[i] = pack2x16float(clamp(pair, vec2<f32>(-F16_MAX), vec2<f32>(F16_MAX)));
+}

@@ -604,3 +604,131 @@ fn bad_shapes_are_errors() {
         Err(RnnError::NonFinite { .. })
     ));
 }
+
+/// `half_recurrent_weights`: inference reads W_hh rounded to f16 and stays within f16 rounding
+/// of the CPU reference, with the rows kernel (B ≤ 4) and the tiled one, odd H (rows of f16
+/// pairs end half-filled); streams use it too; the training forward keeps f32 (bitwise the
+/// model without it); `update_params` refreshes the f16 copy.
+#[test]
+fn half_recurrent_weights_stay_within_f16_rounding() {
+    let Some(ctx) = common::gpu() else { return };
+    let base = Case {
+        cell: CellKind::Lstm,
+        h: 33,
+        b: 1,
+        t: 20,
+        i: 5,
+        layers: 1,
+        bidirectional: false,
+        bias: true,
+        batch_first: false,
+        initial_state: true,
+        varlen: false,
+        state_grads: false,
+        seed: 700,
+    };
+    let cases = [
+        base.clone(),
+        Case {
+            cell: CellKind::Gru,
+            h: 257,
+            b: 3,
+            t: 5,
+            layers: 2,
+            bidirectional: true,
+            seed: 701,
+            ..base.clone()
+        },
+        Case {
+            cell: CellKind::Rnn(Nonlinearity::Tanh),
+            b: 33,
+            t: 6,
+            varlen: true,
+            seed: 702,
+            ..base.clone()
+        },
+        Case {
+            h: 64,
+            b: 17,
+            t: 9,
+            layers: 2,
+            batch_first: true,
+            seed: 703,
+            ..base.clone()
+        },
+    ];
+    // f16 keeps 11 significant bits: errors near 1e-3, far above f32's 1e-7 (so a path that
+    // ignored the option fails too).
+    let within_f16 = |what: &str, case: &Case, got: &Array3<f32>, want: &Array3<f64>| {
+        let err = relative_error(got.mapv(f64::from).view(), want.view());
+        assert!(
+            (1e-6..1e-2).contains(&err),
+            "{case:?}\n    {what}: rel_err {err:.3e} outside [1e-6, 1e-2)"
+        );
+    };
+    for case in &cases {
+        let inputs = Inputs::new(case, 1.0);
+        let (want, _) = reference(&inputs);
+        let model = |half: bool| {
+            GpuRnn::new(Arc::clone(&ctx), &inputs.params)
+                .expect("upload")
+                .poison_outputs(true)
+                .half_recurrent_weights(half)
+                .expect("half weights")
+        };
+        let (full, half) = (model(false), model(true));
+        let out = half.forward(&inputs.batch()).expect("half forward");
+        within_f16("output", case, &out.output, &want.output);
+        within_f16("h_n", case, &out.h_n, &want.h_n);
+
+        let (train_half, _) = half.forward_train(&inputs.batch()).expect("train");
+        let (train_full, _) = full.forward_train(&inputs.batch()).expect("train");
+        assert_eq!(
+            bits(&train_half.output),
+            bits(&train_full.output),
+            "{case:?}: the training forward must stay f32"
+        );
+    }
+
+    // Streams read the f16 copy; update_params refreshes it.
+    let inputs = Inputs::new(&cases[0], 1.0);
+    let mut half = GpuRnn::new(Arc::clone(&ctx), &inputs.params)
+        .expect("upload")
+        .half_recurrent_weights(true)
+        .expect("half weights");
+    let zero_state = SequenceBatch::new(inputs.input.view());
+    let whole = half.forward(&zero_state).expect("forward");
+    let streamed = half
+        .stream(cases[0].b)
+        .expect("stream")
+        .step(inputs.input.view())
+        .expect("step");
+    assert_eq!(
+        bits(&streamed),
+        bits(&whole.output),
+        "stream of a half model"
+    );
+    let other = Inputs::new(
+        &Case {
+            seed: 799,
+            ..cases[0].clone()
+        },
+        1.0,
+    );
+    half.update_params(&other.params).expect("update");
+    let (want, _) = reference(&other);
+    let out = half.forward(&other.batch()).expect("forward after update");
+    within_f16(
+        "output after update_params",
+        &cases[0],
+        &out.output,
+        &want.output,
+    );
+
+    // A model shared with a stream cannot switch.
+    let _stream = half.stream(1).expect("stream");
+    assert!(matches!(
+        half.half_recurrent_weights(false),
+        Err(RnnError::Config(_))
+    ));
+}

@@ -70,6 +70,10 @@ enum Command {
         /// Draw a CPU-vs-GPU bar chart PNG.
         #[arg(long)]
         plot: Option<PathBuf>,
+        /// GPU forward cases read W_hh rounded to f16 (GpuRnn::half_recurrent_weights);
+        /// forward+backward stays f32.
+        #[arg(long)]
+        half_weights: bool,
     },
     /// Train on a demonstration task.
     Train {
@@ -237,6 +241,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             backend,
             json,
             plot,
+            half_weights,
         } => {
             let (backend, ctx) = match backend {
                 BackendArg::Cpu => (bench::Backend::Cpu, None),
@@ -294,6 +299,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 reps,
                 warmup,
                 progress: true,
+                half_recurrent_weights: half_weights,
             };
             let report = bench::run_sweep(ctx, &cases, &opts)?;
             println!("{}", report.table());
@@ -302,11 +308,13 @@ fn run(cli: Cli) -> Result<ExitCode> {
             if mismatches.is_empty() {
                 Ok(ExitCode::SUCCESS)
             } else {
-                eprintln!(
-                    "{} case(s) where GPU and CPU disagree beyond {:e}",
-                    mismatches.len(),
-                    bench::AGREEMENT_TOLERANCE
-                );
+                for r in &mismatches {
+                    eprintln!(
+                        "{}: GPU and CPU disagree beyond {:e}",
+                        r.case.label(),
+                        r.tolerance()
+                    );
+                }
                 Ok(ExitCode::FAILURE)
             }
         }

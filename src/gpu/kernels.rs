@@ -81,8 +81,8 @@ const FORWARD_STEP_ACCESS: &[Access] = &[
 /// Output tile of gemm.wgsl: rows (workgroups along y) and columns (along x).
 pub(crate) const GEMM_TILE_M: usize = 128;
 const GEMM_TILE_N: usize = 64;
-/// Invocations per workgroup of util.wgsl `transpose`.
-const TRANSPOSE_WORKGROUP: usize = 256;
+/// Invocations per workgroup of the util.wgsl kernels.
+const UTIL_WORKGROUP: usize = 256;
 /// Columns per workgroup of reduce.wgsl.
 pub(crate) const REDUCE_TILE: usize = 64;
 
@@ -123,15 +123,23 @@ impl Kernel {
     }
 }
 
+/// The two forward step kernels of recurrent.wgsl for one W_hh format.
+#[derive(Debug)]
+pub(crate) struct ForwardKernels {
+    /// `forward_step`: one time step of one layer and direction.
+    pub tiled: Kernel,
+    /// `forward_step_rows` (recurrent_subgroup.wgsl `forward_step_rows_subgroup` where the
+    /// device has SUBGROUP): the same for B ≤ [`STEP_ROWS_MAX_BATCH`].
+    pub rows: Kernel,
+}
+
 /// Every kernel one model needs, taken from the context's pipeline cache.
 #[derive(Debug)]
 pub(crate) struct CellKernels {
-    /// recurrent.wgsl `forward_step`: one time step of one layer and direction.
-    pub forward_step: Kernel,
-    /// recurrent.wgsl `forward_step_rows` (recurrent_subgroup.wgsl
-    /// `forward_step_rows_subgroup` where the device has SUBGROUP): the same for
-    /// B ≤ [`STEP_ROWS_MAX_BATCH`].
-    pub forward_step_rows: Kernel,
+    /// Forward steps reading W_hh in f32.
+    pub forward: ForwardKernels,
+    /// Forward steps reading W_hh as f16 pairs (inference with half recurrent weights).
+    pub forward_half: ForwardKernels,
     /// recurrent.wgsl `backward_step`: one reverse time step (or the final dh_0 step).
     pub backward_step: Kernel,
     /// gemm.wgsl: strided C = A·B (+ bias) (+ C), one pipeline per value of its override
@@ -141,6 +149,8 @@ pub(crate) struct CellKernels {
     pub column_sum: Kernel,
     /// util.wgsl: swaps the two leading axes (seq-major <-> batch-first).
     pub transpose: Kernel,
+    /// util.wgsl: rows of f32 to f16 pairs.
+    pub pack_half: Kernel,
 }
 
 impl CellKernels {
@@ -148,17 +158,29 @@ impl CellKernels {
         use ShaderChecks::{ProvenInRange, Runtime};
         let subgroups = ctx.features().contains(wgpu::Features::SUBGROUP);
         let source = cell_source(cell, subgroups);
-        let constants = cell_constants(cell);
-        let step = |entry, storage| {
+        let step = |entry, storage, half: bool| {
+            let mut constants = cell_constants(cell);
+            constants.push(("HALF_WEIGHTS", f64::from(u8::from(half))));
             Kernel::new(
                 ctx,
                 cell.name(),
                 source,
                 entry,
-                constants.clone(),
+                constants,
                 storage,
                 ProvenInRange,
             )
+        };
+        let rows_entry = if subgroups {
+            "forward_step_rows_subgroup"
+        } else {
+            "forward_step_rows"
+        };
+        let forward = |half| -> Result<ForwardKernels> {
+            Ok(ForwardKernels {
+                tiled: step("forward_step", FORWARD_STEP_ACCESS, half)?,
+                rows: step(rows_entry, FORWARD_STEP_ACCESS, half)?,
+            })
         };
         let gemm = |a_along_k: bool, b_along_k: bool| {
             Kernel::new(
@@ -174,17 +196,24 @@ impl CellKernels {
                 ProvenInRange,
             )
         };
-        let rows_entry = if subgroups {
-            "forward_step_rows_subgroup"
-        } else {
-            "forward_step_rows"
+        let util = |entry| {
+            Kernel::new(
+                ctx,
+                "util",
+                include_str!("../../shaders/util.wgsl"),
+                entry,
+                vec![("WORKGROUP_SIZE", UTIL_WORKGROUP as f64)],
+                &[Read, ReadWrite],
+                Runtime,
+            )
         };
         Ok(Arc::new(CellKernels {
-            forward_step: step("forward_step", FORWARD_STEP_ACCESS)?,
-            forward_step_rows: step(rows_entry, FORWARD_STEP_ACCESS)?,
+            forward: forward(false)?,
+            forward_half: forward(true)?,
             backward_step: step(
                 "backward_step",
                 &[Read, Read, Read, Read, Read, Read, ReadWrite, ReadWrite],
+                false,
             )?,
             gemm: [
                 gemm(false, false)?,
@@ -201,15 +230,8 @@ impl CellKernels {
                 &[Read, ReadWrite],
                 Runtime,
             )?,
-            transpose: Kernel::new(
-                ctx,
-                "util",
-                include_str!("../../shaders/util.wgsl"),
-                "transpose",
-                vec![("WORKGROUP_SIZE", TRANSPOSE_WORKGROUP as f64)],
-                &[Read, ReadWrite],
-                Runtime,
-            )?,
+            transpose: util("transpose")?,
+            pack_half: util("pack_half")?,
         }))
     }
 }
@@ -419,13 +441,31 @@ impl<'k> Recorder<'k> {
         (a, b, f): (usize, usize, usize),
     ) -> Result<()> {
         let binding = self.bind(&kernels.transpose, &[src, dst]);
-        let (x, y) = self
-            .ctx
-            .grid_1d((a * b * f).div_ceil(TRANSPOSE_WORKGROUP))?;
+        let (x, y) = self.ctx.grid_1d((a * b * f).div_ceil(UTIL_WORKGROUP))?;
         self.dispatch(
             &kernels.transpose,
             binding,
             &[a, b, f],
+            (x as usize, y as usize),
+        )
+    }
+
+    /// Queues the packing of `src` (rows, cols) f32 into `dst` (rows, ⌈cols/2⌉) f16 pairs.
+    pub fn pack_half(
+        &mut self,
+        kernels: &'k CellKernels,
+        src: &wgpu::Buffer,
+        dst: &wgpu::Buffer,
+        (rows, cols): (usize, usize),
+    ) -> Result<()> {
+        let binding = self.bind(&kernels.pack_half, &[src, dst]);
+        let (x, y) = self
+            .ctx
+            .grid_1d((rows * cols.div_ceil(2)).div_ceil(UTIL_WORKGROUP))?;
+        self.dispatch(
+            &kernels.pack_half,
+            binding,
+            &[rows, cols],
             (x as usize, y as usize),
         )
     }

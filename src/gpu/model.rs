@@ -13,7 +13,7 @@ use wgpu::util::DeviceExt;
 
 use super::buffer::GpuTensor;
 use super::context::GpuContext;
-use super::kernels::{param_stride, CellKernels, GEMM_TILE_M};
+use super::kernels::{param_stride, CellKernels, Recorder, GEMM_TILE_M};
 use super::sequence::{
     output_tensor, run_backward, run_forward, BackwardIo, BackwardWorkspace, Dims, ForwardIo,
     ForwardWorkspace, LayerGradIo, LayerWeights, StateLayout,
@@ -310,6 +310,47 @@ impl GpuRnn {
         self
     }
 
+    /// When on, inference ([`GpuRnn::forward`], [`GpuRnn::forward_gpu`], streams) reads W_hh
+    /// rounded to f16, two per 32-bit word (products and states stay f32): half the bytes per
+    /// time step, which bounds small-batch steps on a GPU. Expect relative errors around 1e-3
+    /// instead of 1e-7; weights beyond ±65504 saturate. Training and backward keep f32. The
+    /// f16 copy (G·H·⌈H/2⌉ words per layer and direction) follows [`GpuRnn::update_params`] and
+    /// [`GpuRnn::copy_weights_from`]. Set it before creating streams: a model shared with a
+    /// stream is a [`RnnError::Config`].
+    pub fn half_recurrent_weights(mut self, on: bool) -> Result<Self> {
+        let Some(weights) = Arc::get_mut(&mut self.weights) else {
+            return Err(RnnError::Config(
+                "half_recurrent_weights: set it before creating streams of the model".into(),
+            ));
+        };
+        let rows = self.config.gate_rows();
+        let pairs = self.config.hidden_size.div_ceil(2);
+        for w in weights.iter_mut() {
+            w.w_hh_half = if on {
+                Some(GpuTensor::zeros(&self.ctx, "w_hh f16", &[rows, pairs])?)
+            } else {
+                None
+            };
+        }
+        self.pack_half_weights()?;
+        Ok(self)
+    }
+
+    /// Refreshes the f16 copies of W_hh, if any, from the f32 weights.
+    fn pack_half_weights(&self) -> Result<()> {
+        if self.weights.iter().all(|w| w.w_hh_half.is_none()) {
+            return Ok(());
+        }
+        let mut rec = Recorder::new(&self.ctx);
+        for w in self.weights.iter() {
+            if let Some(half) = &w.w_hh_half {
+                let shape = (self.config.gate_rows(), self.config.hidden_size);
+                rec.pack_half(&self.kernels, w.w_hh.buffer(), half.buffer(), shape)?;
+            }
+        }
+        rec.submit()
+    }
+
     pub fn config(&self) -> &RnnConfig {
         &self.config
     }
@@ -336,7 +377,7 @@ impl GpuRnn {
                 target.b_hh.write(&self.ctx, &b_hh.to_vec())?;
             }
         }
-        Ok(())
+        self.pack_half_weights()
     }
 
     /// Replaces the weights from a GPU buffer without a host round trip. `source` holds every
@@ -381,6 +422,7 @@ impl GpuRnn {
             );
         }
         self.ctx.queue().submit([encoder.finish()]);
+        self.pack_half_weights()?;
         self.ctx.take_errors()?;
         Ok(next)
     }
@@ -772,6 +814,7 @@ fn upload_layer(
         w_hh: GpuTensor::from_array(ctx, "w_hh", p.w_hh.view().into_dyn())?,
         b_ih: bias(&p.b_ih, "b_ih")?,
         b_hh: bias(&p.b_hh, "b_hh")?,
+        w_hh_half: None,
     })
 }
 

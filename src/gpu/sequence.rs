@@ -26,6 +26,11 @@ pub(crate) struct LayerWeights {
     pub b_ih: GpuTensor,
     /// (G·H); zeros without bias
     pub b_hh: GpuTensor,
+    /// W_hh rounded to f16, (G·H, ⌈H/2⌉) words of two (util.wgsl `pack_half`): inference
+    /// reads it instead of `w_hh` when present ([`GpuRnn::half_recurrent_weights`]).
+    ///
+    /// [`GpuRnn::half_recurrent_weights`]: super::GpuRnn::half_recurrent_weights
+    pub w_hh_half: Option<GpuTensor>,
 }
 
 /// Sizes of one call.
@@ -86,14 +91,23 @@ impl Dims {
         (self.h.div_ceil(STEP_TILE.0), self.b.div_ceil(STEP_TILE.1))
     }
 
-    /// The forward step kernel for this batch and its grid: one workgroup per hidden unit for
-    /// small batches (H ≤ 65 535, the smallest per-dimension limit any adapter has), else
-    /// the (units × rows) tiled kernel.
-    fn forward_step<'k>(&self, kernels: &'k CellKernels) -> (&'k Kernel, (usize, usize)) {
-        if self.b <= STEP_ROWS_MAX_BATCH && self.h <= 65_535 {
-            (&kernels.forward_step_rows, (self.h, 1))
+    /// The forward step kernel for this batch (reading W_hh as f16 pairs where `half`) and its
+    /// grid: one workgroup per hidden unit for small batches (H ≤ 65 535, the smallest
+    /// per-dimension limit any adapter has), else the (units × rows) tiled kernel.
+    fn forward_step<'k>(
+        &self,
+        kernels: &'k CellKernels,
+        half: bool,
+    ) -> (&'k Kernel, (usize, usize)) {
+        let forward = if half {
+            &kernels.forward_half
         } else {
-            (&kernels.forward_step, self.step_groups())
+            &kernels.forward
+        };
+        if self.b <= STEP_ROWS_MAX_BATCH && self.h <= 65_535 {
+            (&forward.rows, (self.h, 1))
+        } else {
+            (&forward.tiled, self.step_groups())
         }
     }
 
@@ -399,12 +413,14 @@ pub(crate) fn run_forward(
                 ..GemmParams::default()
             },
         )?;
-        let (step_kernel, step_groups) = dims.forward_step(kernels);
+        // Training keeps f32 W_hh: backward needs the forward it differentiates.
+        let half_w_hh = w.w_hh_half.as_ref().filter(|_| !train);
+        let (step_kernel, step_groups) = dims.forward_step(kernels, half_w_hh.is_some());
         let binding = rec.bind(
             step_kernel,
             &[
                 ws.xproj[d].buffer(),
-                w.w_hh.buffer(),
+                half_w_hh.unwrap_or(&w.w_hh).buffer(),
                 w.b_hh.buffer(),
                 lengths,
                 h_states.buffer(),
