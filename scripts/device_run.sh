@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Runs on the lent GPU machine with devbin/ and .gl/ carried (scripts/device_prepare.sh):
 # adapter info, the torch fixtures on the GPU, the GPU tests, the issue #4 target cases and the
-# default sweep, and PyTorch on the same cases, side by side; with devbin/base/ (BASE=… in
-# device_prepare.sh) the target cases on that commit's binary too. Everything lands in $OUT.
+# default sweep, and PyTorch on the same cases, side by side; the forward targets with f16 W_hh;
+# with devbin/base/ (BASE=… in device_prepare.sh) the target cases on that commit's binary too.
+# Everything lands in $OUT.
 # HIDDEN and SEQ (default 1024 and 100) shrink the target cases for a trial run elsewhere.
 set -uo pipefail
 OUT=${OUT:-/tmp/out}
@@ -28,6 +29,12 @@ HIDDEN=${HIDDEN:-1024} SEQ=${SEQ:-100}
 run_ours() { devbin/wgpu-rnn bench --hidden "$HIDDEN" --seq "$SEQ" --reps 20 --warmup 5 \
     --json "$OUT/targets_$(date +%s%N).json" "$@" 2>&1 | tee -a "$OUT/targets.txt"; }
 targets run_ours
+# The forward targets again with W_hh in f16 (opt-in; its own tolerance).
+for c in "lstm --batch 1" "lstm --batch 64" "gru --batch 64"; do
+    # shellcheck disable=SC2086
+    devbin/wgpu-rnn bench --cell $c --mode fwd --backend gpu --half-weights --hidden "$HIDDEN" \
+        --seq "$SEQ" --reps 20 --warmup 5 2>&1 | tee -a "$OUT/targets_half.txt"
+done
 if [ -x devbin/base/wgpu-rnn ]; then  # the BASE commit's kernels, same cases, GPU only
     targets devbin/base/wgpu-rnn bench --backend gpu --hidden "$HIDDEN" --seq "$SEQ" --reps 20 \
         --warmup 5 2>&1 | tee -a "$OUT/targets_base.txt"
