@@ -194,9 +194,9 @@ pub(crate) enum ShaderChecks {
     /// wgpu's default: every index clamped where the backend does not bound it natively.
     Runtime,
     /// No checks added: only for kernels whose every array index is in range by construction
-    /// (guarded by `if` or bounded by constants) and whose loops all terminate. The hot step and
-    /// GEMM kernels (recurrent.wgsl, gemm.wgsl): clamps cost an instruction per workgroup-memory
-    /// read in their inner loops.
+    /// (guarded by `if` or bounded by constants) and whose loops all terminate: the step and
+    /// GEMM kernels, where a clamp costs an instruction per workgroup-memory read of the inner
+    /// loops.
     ProvenInRange,
 }
 
@@ -466,8 +466,9 @@ impl GpuContext {
                             force_loop_bounding: false,
                             ..wgpu::ShaderRuntimeChecks::checked()
                         };
-                        // SAFETY: `ShaderChecks::ProvenInRange` is passed only for the kernels
-                        // of recurrent.wgsl and gemm.wgsl (src/gpu/kernels.rs): their storage
+                        // SAFETY: `ShaderChecks::ProvenInRange` is passed only for the step
+                        // kernels (a cell file + recurrent.wgsl [+ recurrent_subgroup.wgsl]) and
+                        // gemm.wgsl (src/gpu/kernels.rs): their storage
                         // indices are in range for the buffer sizes the host checks before it
                         // records a dispatch (tile loads past an edge are guarded by `if`),
                         // workgroup and local arrays are indexed by expressions bounded by their
