@@ -252,16 +252,12 @@ const RB: u32 = 4u;
 
 var<workgroup> partial: array<f32, GATES * RB * RW>;  // (G·RB, RW) partial dot products
 
-@compute @workgroup_size(64, 1, 1)
-fn forward_step_rows(
-    @builtin(workgroup_id) wg: vec3<u32>,
-    @builtin(local_invocation_index) li: u32,
-) {
+// Invocation li's share (k = li, li + RW, …) of (h_{t-1}·W_hhᵀ)[b, g·H + j] at [g·RB + b]. Loops
+// over the constants RB and GATES unroll, so the sums stay in registers; rows b ≥ B multiply
+// zeros.
+fn unit_partial_sums(j: u32, li: u32) -> array<f32, GATES * RB> {
     let B = fp.batch;
     let H = fp.hidden;
-    let j = wg.x;
-    // Loops over the constants RB and GATES unroll, so acc stays in registers; rows b ≥ B
-    // multiply zeros.
     var acc = array<f32, GATES * RB>();
     for (var k = li; k < H; k += RW) {
         var hv = array<f32, RB>();
@@ -277,6 +273,17 @@ fn forward_step_rows(
             }
         }
     }
+    return acc;
+}
+
+@compute @workgroup_size(64, 1, 1)
+fn forward_step_rows(
+    @builtin(workgroup_id) wg: vec3<u32>,
+    @builtin(local_invocation_index) li: u32,
+) {
+    let B = fp.batch;
+    let j = wg.x;
+    let acc = unit_partial_sums(j, li);
     for (var e = 0u; e < GATES * RB; e++) {
         partial[e * RW + li] = acc[e];
     }

@@ -1,9 +1,9 @@
 // Subgroup variant of recurrent.wgsl `forward_step_rows`, in modules built only for devices
 // with the SUBGROUP feature (appended after a cell file and recurrent.wgsl, whose bindings,
-// constants and finish_forward it uses). The RW invocations of unit j split k as there; each
-// subgroup sums its partial dot products with subgroupAdd, and invocation e < G·RB adds the
-// subgroups' sums in subgroup order: one barrier instead of log2(RW) rounds of a tree
-// reduction, and the same order at every launch (deterministic on a device).
+// constants, unit_partial_sums and finish_forward it uses). The RW invocations of unit j split
+// k as there; each subgroup sums its partial dot products with subgroupAdd, and invocation
+// e < G·RB adds the subgroups' sums in subgroup order: one barrier instead of log2(RW) rounds of
+// a tree reduction, and the same order at every launch (deterministic on a device).
 
 var<workgroup> subgroup_sums: array<f32, GATES * RB * RW>;  // (G·RB, subgroups ≤ RW)
 
@@ -16,23 +16,7 @@ fn forward_step_rows_subgroup(
     @builtin(num_subgroups) subgroups: u32,
 ) {
     let B = fp.batch;
-    let H = fp.hidden;
-    let j = wg.x;
-    var acc = array<f32, GATES * RB>();
-    for (var k = li; k < H; k += RW) {
-        var hv = array<f32, RB>();
-        for (var b = 0u; b < RB; b++) {
-            if b < B {
-                hv[b] = h_states[fp.read_slot + b * H + k];
-            }
-        }
-        for (var g = 0u; g < GATES; g++) {
-            let w = recurrent_weight(g * H + j, k);
-            for (var b = 0u; b < RB; b++) {
-                acc[g * RB + b] += w * hv[b];
-            }
-        }
-    }
+    let acc = unit_partial_sums(wg.x, li);
     // Rows b ≥ B hold zeros: only B of every RB sums are reduced (B is uniform, so every
     // invocation of a subgroup takes the same branches).
     for (var g = 0u; g < GATES; g++) {
@@ -55,6 +39,6 @@ fn forward_step_rows_subgroup(
             }
             unit[g] = total;
         }
-        finish_forward(j, li, unit);
+        finish_forward(wg.x, li, unit);
     }
 }
