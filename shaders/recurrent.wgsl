@@ -252,6 +252,20 @@ const RB: u32 = 4u;
 
 var<workgroup> partial: array<f32, GATES * RB * RW>;  // (G·RB, RW) partial dot products
 
+// Adds partial[e·RW + 0 .. RW) into partial[e·RW] for e < count, in a fixed order (a tree),
+// after every invocation wrote its partial[e·RW + li]. Every invocation must call it (barriers).
+fn add_partials(li: u32, count: u32) {
+    workgroupBarrier();
+    for (var stride = RW / 2u; stride > 0u; stride /= 2u) {
+        if li < stride {
+            for (var e = 0u; e < count; e++) {
+                partial[e * RW + li] += partial[e * RW + li + stride];
+            }
+        }
+        workgroupBarrier();
+    }
+}
+
 // Invocation li's share (k = li, li + RW, …) of (h_{t-1}·W_hhᵀ)[b, g·H + j] at [g·RB + b]. Loops
 // over the constants RB and GATES unroll, so the sums stay in registers; rows b ≥ B multiply
 // zeros.
@@ -287,15 +301,7 @@ fn forward_step_rows(
     for (var e = 0u; e < GATES * RB; e++) {
         partial[e * RW + li] = acc[e];
     }
-    workgroupBarrier();
-    for (var stride = RW / 2u; stride > 0u; stride /= 2u) {
-        if li < stride {
-            for (var e = 0u; e < GATES * RB; e++) {
-                partial[e * RW + li] += partial[e * RW + li + stride];
-            }
-        }
-        workgroupBarrier();
-    }
+    add_partials(li, GATES * RB);
     if li < B {
         var unit = array<f32, 4>();
         for (var g = 0u; g < GATES; g++) {
@@ -381,7 +387,7 @@ struct BackwardStep {
 }
 
 @group(0) @binding(0) var<uniform> bp: BackwardStep;
-@group(0) @binding(1) var<storage, read> bw_hh: array<f32>;              // (G·H, H)
+@group(0) @binding(1) var<storage, read> bw_hh: array<f32>;              // (G·H, H); backward_step_rows: W_hhᵀ (H, G·H)
 @group(0) @binding(2) var<storage, read> blengths: array<u32>;           // (B)
 @group(0) @binding(3) var<storage, read> bh_states: array<f32>;          // (T+1, B, H)
 @group(0) @binding(4) var<storage, read> bc_states: array<f32>;          // (T+1, B, H), LSTM only
@@ -477,6 +483,39 @@ fn backward_step(
         if j < H && b < B {
             finish_backward(j, b, dh_rec);
         }
+    }
+}
+
+// Small-batch backward step (B ≤ RB), as forward_step_rows: one workgroup per hidden unit j,
+// whose RW invocations split the G·H products of dG_h[t_prev]·W_hh[:, j], reading row j of
+// W_hhᵀ (contiguous, where column j of W_hh is strided), then a fixed-order tree reduction.
+// H workgroups where backward_step launches H/32 for B ≤ 16.
+@compute @workgroup_size(64, 1, 1)
+fn backward_step_rows(
+    @builtin(workgroup_id) wg: vec3<u32>,
+    @builtin(local_invocation_index) li: u32,
+) {
+    let B = bp.batch;
+    let GH = GATES * bp.hidden;
+    let j = wg.x;
+    var acc = array<f32, RB>();
+    if bp.has_prev != 0u {
+        let base = bp.dgh_off + bp.t_prev * B * GH;
+        for (var k = li; k < GH; k += RW) {
+            let w = bw_hh[j * GH + k];
+            for (var b = 0u; b < RB; b++) {
+                if b < B {
+                    acc[b] += d_gates[base + b * GH + k] * w;
+                }
+            }
+        }
+    }
+    for (var b = 0u; b < RB; b++) {
+        partial[b * RW + li] = acc[b];
+    }
+    add_partials(li, RB);
+    if li < B {
+        finish_backward(j, li, partial[li * RW]);
     }
 }
 

@@ -317,6 +317,19 @@ fn sweep(cell: CellKind, seed: u64) -> Vec<Case> {
             batch_first: true,
             initial_state: true,
             seed: seed + 3,
+            ..base.clone()
+        },
+        // B = 3: the one-workgroup-per-unit steps with several rows, forward and backward.
+        Case {
+            h: 33,
+            b: 3,
+            t: 9,
+            i: 5,
+            layers: 2,
+            initial_state: true,
+            varlen: true,
+            state_grads: true,
+            seed: seed + 4,
             ..base
         },
     ]

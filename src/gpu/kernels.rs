@@ -123,25 +123,26 @@ impl Kernel {
     }
 }
 
-/// The two forward step kernels of recurrent.wgsl for one W_hh format.
+/// A time-step kernel of recurrent.wgsl in its two layouts.
 #[derive(Debug)]
-pub(crate) struct ForwardKernels {
-    /// `forward_step`: one time step of one layer and direction.
+pub(crate) struct StepKernels {
+    /// (units × rows) tiles: one time step of one layer and direction.
     pub tiled: Kernel,
-    /// `forward_step_rows` (recurrent_subgroup.wgsl `forward_step_rows_subgroup` where the
-    /// device has SUBGROUP): the same for B ≤ [`STEP_ROWS_MAX_BATCH`].
+    /// One workgroup per hidden unit: the same for B ≤ [`STEP_ROWS_MAX_BATCH`].
     pub rows: Kernel,
 }
 
 /// Every kernel one model needs, taken from the context's pipeline cache.
 #[derive(Debug)]
 pub(crate) struct CellKernels {
-    /// Forward steps reading W_hh in f32.
-    pub forward: ForwardKernels,
-    /// Forward steps reading W_hh as f16 pairs (inference with half recurrent weights).
-    pub forward_half: ForwardKernels,
-    /// recurrent.wgsl `backward_step`: one reverse time step (or the final dh_0 step).
-    pub backward_step: Kernel,
+    /// `forward_step` / `forward_step_rows` (recurrent_subgroup.wgsl
+    /// `forward_step_rows_subgroup` where the device has SUBGROUP), reading W_hh in f32.
+    pub forward: StepKernels,
+    /// The same reading W_hh as f16 pairs (inference with half recurrent weights).
+    pub forward_half: StepKernels,
+    /// `backward_step` / `backward_step_rows` (which reads W_hhᵀ): one reverse time step, or
+    /// the final dh_0 step.
+    pub backward: StepKernels,
     /// gemm.wgsl: strided C = A·B (+ bias) (+ C), one pipeline per value of its override
     /// constants (A_ALONG_K, B_ALONG_K), indexed `2·A_ALONG_K + B_ALONG_K`.
     pub gemm: [Kernel; 4],
@@ -176,12 +177,13 @@ impl CellKernels {
         } else {
             "forward_step_rows"
         };
-        let forward = |half| -> Result<ForwardKernels> {
-            Ok(ForwardKernels {
+        let forward = |half| -> Result<StepKernels> {
+            Ok(StepKernels {
                 tiled: step("forward_step", FORWARD_STEP_ACCESS, half)?,
                 rows: step(rows_entry, FORWARD_STEP_ACCESS, half)?,
             })
         };
+        let backward_access = &[Read, Read, Read, Read, Read, Read, ReadWrite, ReadWrite];
         let gemm = |a_along_k: bool, b_along_k: bool| {
             Kernel::new(
                 ctx,
@@ -210,11 +212,10 @@ impl CellKernels {
         Ok(Arc::new(CellKernels {
             forward: forward(false)?,
             forward_half: forward(true)?,
-            backward_step: step(
-                "backward_step",
-                &[Read, Read, Read, Read, Read, Read, ReadWrite, ReadWrite],
-                false,
-            )?,
+            backward: StepKernels {
+                tiled: step("backward_step", backward_access, false)?,
+                rows: step("backward_step_rows", backward_access, false)?,
+            },
             gemm: [
                 gemm(false, false)?,
                 gemm(false, true)?,

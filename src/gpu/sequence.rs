@@ -11,7 +11,9 @@
 
 use super::buffer::GpuTensor;
 use super::context::GpuContext;
-use super::kernels::{CellKernels, GemmParams, Kernel, Recorder, STEP_ROWS_MAX_BATCH, STEP_TILE};
+use super::kernels::{
+    CellKernels, GemmParams, Kernel, Recorder, StepKernels, STEP_ROWS_MAX_BATCH, STEP_TILE,
+};
 use crate::config::{CellKind, RnnConfig};
 use crate::error::Result;
 
@@ -91,23 +93,18 @@ impl Dims {
         (self.h.div_ceil(STEP_TILE.0), self.b.div_ceil(STEP_TILE.1))
     }
 
-    /// The forward step kernel for this batch (reading W_hh as f16 pairs where `half`) and its
-    /// grid: one workgroup per hidden unit for small batches (H ≤ 65 535, the smallest
-    /// per-dimension limit any adapter has), else the (units × rows) tiled kernel.
-    fn forward_step<'k>(
-        &self,
-        kernels: &'k CellKernels,
-        half: bool,
-    ) -> (&'k Kernel, (usize, usize)) {
-        let forward = if half {
-            &kernels.forward_half
+    /// Whether the steps run one workgroup per hidden unit (small batches; H ≤ 65 535, the
+    /// smallest per-dimension limit any adapter has) rather than (units × rows) tiles.
+    fn unit_per_workgroup(&self) -> bool {
+        self.b <= STEP_ROWS_MAX_BATCH && self.h <= 65_535
+    }
+
+    /// The kernel of `step` for this batch, and its grid.
+    fn step_kernel<'k>(&self, step: &'k StepKernels) -> (&'k Kernel, (usize, usize)) {
+        if self.unit_per_workgroup() {
+            (&step.rows, (self.h, 1))
         } else {
-            &kernels.forward
-        };
-        if self.b <= STEP_ROWS_MAX_BATCH && self.h <= 65_535 {
-            (&forward.rows, (self.h, 1))
-        } else {
-            (&forward.tiled, self.step_groups())
+            (&step.tiled, self.step_groups())
         }
     }
 
@@ -415,7 +412,10 @@ pub(crate) fn run_forward(
         )?;
         // Training keeps f32 W_hh: backward needs the forward it differentiates.
         let half_w_hh = w.w_hh_half.as_ref().filter(|_| !train);
-        let (step_kernel, step_groups) = dims.forward_step(kernels, half_w_hh.is_some());
+        let (step_kernel, step_groups) = dims.step_kernel(match half_w_hh {
+            Some(_) => &kernels.forward_half,
+            None => &kernels.forward,
+        });
         let binding = rec.bind(
             step_kernel,
             &[
@@ -485,6 +485,9 @@ pub(crate) struct BackwardWorkspace {
     d_gates: Vec<GpuTensor>,
     /// Carried state gradients (2, 2, B, H) per layer·direction: slot, (dh, dc).
     carry: Vec<GpuTensor>,
+    /// W_hhᵀ (H, G·H) of the layer·direction being processed, for the one-workgroup-per-unit
+    /// backward step (small batches only).
+    w_hh_t: Option<GpuTensor>,
     unused: GpuTensor,
 }
 
@@ -513,12 +516,17 @@ impl BackwardWorkspace {
                 output_tensor(ctx, "input gradient (T, B, I)", &shape, poison)
             })
             .transpose()?;
+        let w_hh_t = dims
+            .unit_per_workgroup()
+            .then(|| GpuTensor::zeros(ctx, "W_hh transposed", &[dims.h, dims.gh()]))
+            .transpose()?;
         Ok(BackwardWorkspace {
             seq_d_output,
             seq_d_input,
             d_inner,
             d_gates,
             carry,
+            w_hh_t,
             unused: GpuTensor::zeros(ctx, "unused binding", &[1])?,
         })
     }
@@ -603,10 +611,18 @@ pub(crate) fn run_backward(
             if let (Some(g), true) = (io.d_c_n, dims.has_c) {
                 rec.copy_before(g.buffer(), ld * bh, carry.buffer(), bh, bh);
             }
+            let (step_kernel, step_groups) = dims.step_kernel(&kernels.backward);
+            let w_hh = match &ws.w_hh_t {
+                Some(w_hh_t) => {
+                    rec.transpose(kernels, w.w_hh.buffer(), w_hh_t.buffer(), (gh, dims.h, 1))?;
+                    w_hh_t
+                }
+                None => &w.w_hh,
+            };
             let binding = rec.bind(
-                &kernels.backward_step,
+                step_kernel,
                 &[
-                    w.w_hh.buffer(),
+                    w_hh.buffer(),
                     lengths,
                     h_states.buffer(),
                     c_states.buffer(),
@@ -626,7 +642,7 @@ pub(crate) fn run_backward(
                 let t_prev = if step > 0 { times[step - 1] } else { 0 };
                 let (prev_slot, cur_slot) = if d == 0 { (t, t + 1) } else { (t + 1, t) };
                 rec.dispatch(
-                    &kernels.backward_step,
+                    step_kernel,
                     binding,
                     &[
                         dims.b,
@@ -644,7 +660,7 @@ pub(crate) fn run_backward(
                         dgx_off,
                         dgh_off,
                     ],
-                    dims.step_groups(),
+                    step_groups,
                 )?;
             }
             let done = ((dims.t + 1) % 2) * 2 * bh;
