@@ -243,10 +243,12 @@ fn forward_step(
     }
 }
 
-// Small-batch forward step (B ≤ RB): one workgroup per hidden unit j, whose RW invocations
-// split k and accumulate every gate of unit j for every batch row, then a tree reduction in
-// workgroup memory (fixed order: deterministic). H workgroups keep a large GPU busy where the
-// tiled kernel above launches only H/32 for B ≤ 16.
+// Small-batch forward step: workgroup (j, y) covers hidden unit j and the RB batch rows from
+// b0 = RB·y; its RW invocations split k and accumulate every gate of unit j for those rows,
+// then a tree reduction in workgroup memory (fixed order: deterministic). H·⌈B/RB⌉ workgroups
+// keep a large GPU busy where the tiled kernel above launches only H/32 for B ≤ 16 (each reads
+// W_hh row j: ⌈B/RB⌉ passes over W_hh per step). STEP_ROWS_PER_GROUP in src/gpu/kernels.rs is
+// RB.
 const RW: u32 = 64u;
 const RB: u32 = 4u;
 
@@ -266,18 +268,18 @@ fn add_partials(li: u32, count: u32) {
     }
 }
 
-// Invocation li's share (k = li, li + RW, …) of (h_{t-1}·W_hhᵀ)[b, g·H + j] at [g·RB + b]. Loops
-// over the constants RB and GATES unroll, so the sums stay in registers; rows b ≥ B multiply
-// zeros.
-fn unit_partial_sums(j: u32, li: u32) -> array<f32, GATES * RB> {
+// Invocation li's share (k = li, li + RW, …) of (h_{t-1}·W_hhᵀ)[b0 + b, g·H + j] at
+// [g·RB + b]. Loops over the constants RB and GATES unroll, so the sums stay in registers; rows
+// b0 + b ≥ B multiply zeros.
+fn unit_partial_sums(j: u32, b0: u32, li: u32) -> array<f32, GATES * RB> {
     let B = fp.batch;
     let H = fp.hidden;
     var acc = array<f32, GATES * RB>();
     for (var k = li; k < H; k += RW) {
         var hv = array<f32, RB>();
         for (var b = 0u; b < RB; b++) {
-            if b < B {
-                hv[b] = h_states[fp.read_slot + b * H + k];
+            if b0 + b < B {
+                hv[b] = h_states[fp.read_slot + (b0 + b) * H + k];
             }
         }
         for (var g = 0u; g < GATES; g++) {
@@ -295,19 +297,19 @@ fn forward_step_rows(
     @builtin(workgroup_id) wg: vec3<u32>,
     @builtin(local_invocation_index) li: u32,
 ) {
-    let B = fp.batch;
     let j = wg.x;
-    let acc = unit_partial_sums(j, li);
+    let b0 = wg.y * RB;
+    let acc = unit_partial_sums(j, b0, li);
     for (var e = 0u; e < GATES * RB; e++) {
         partial[e * RW + li] = acc[e];
     }
     add_partials(li, GATES * RB);
-    if li < B {
+    if li < RB && b0 + li < fp.batch {
         var unit = array<f32, 4>();
         for (var g = 0u; g < GATES; g++) {
             unit[g] = partial[(g * RB + li) * RW];
         }
-        finish_forward(j, li, unit);
+        finish_forward(j, b0 + li, unit);
     }
 }
 
@@ -486,10 +488,10 @@ fn backward_step(
     }
 }
 
-// Small-batch backward step (B ≤ RB), as forward_step_rows: one workgroup per hidden unit j,
-// whose RW invocations split the G·H products of dG_h[t_prev]·W_hh[:, j], reading row j of
-// W_hhᵀ (contiguous, where column j of W_hh is strided), then a fixed-order tree reduction.
-// H workgroups where backward_step launches H/32 for B ≤ 16.
+// Small-batch backward step, as forward_step_rows: workgroup (j, y) covers unit j and rows
+// b0 = RB·y …; its RW invocations split the G·H products of dG_h[t_prev]·W_hh[:, j], reading
+// row j of W_hhᵀ (contiguous, where column j of W_hh is strided), then a fixed-order tree
+// reduction. H·⌈B/RB⌉ workgroups where backward_step launches H/32 for B ≤ 16.
 @compute @workgroup_size(64, 1, 1)
 fn backward_step_rows(
     @builtin(workgroup_id) wg: vec3<u32>,
@@ -498,14 +500,15 @@ fn backward_step_rows(
     let B = bp.batch;
     let GH = GATES * bp.hidden;
     let j = wg.x;
+    let b0 = wg.y * RB;
     var acc = array<f32, RB>();
     if bp.has_prev != 0u {
         let base = bp.dgh_off + bp.t_prev * B * GH;
         for (var k = li; k < GH; k += RW) {
             let w = bw_hh[j * GH + k];
             for (var b = 0u; b < RB; b++) {
-                if b < B {
-                    acc[b] += d_gates[base + b * GH + k] * w;
+                if b0 + b < B {
+                    acc[b] += d_gates[base + (b0 + b) * GH + k] * w;
                 }
             }
         }
@@ -514,8 +517,8 @@ fn backward_step_rows(
         partial[b * RW + li] = acc[b];
     }
     add_partials(li, RB);
-    if li < B {
-        finish_backward(j, li, partial[li * RW]);
+    if li < RB && b0 + li < B {
+        finish_backward(j, b0 + li, partial[li * RW]);
     }
 }
 

@@ -15,13 +15,13 @@ fn forward_step_rows_subgroup(
     @builtin(subgroup_id) subgroup: u32,
     @builtin(num_subgroups) subgroups: u32,
 ) {
-    let B = fp.batch;
-    let acc = unit_partial_sums(wg.x, li);
-    // Rows b ≥ B hold zeros: only B of every RB sums are reduced (B is uniform, so every
+    let b0 = wg.y * RB;
+    let acc = unit_partial_sums(wg.x, b0, li);
+    // Rows b0 + b ≥ B hold zeros and are not reduced (B and b0 are uniform, so every
     // invocation of a subgroup takes the same branches).
     for (var g = 0u; g < GATES; g++) {
         for (var b = 0u; b < RB; b++) {
-            if b < B {
+            if b0 + b < fp.batch {
                 let sum = subgroupAdd(acc[g * RB + b]);
                 if lane == 0u {
                     subgroup_sums[(g * RB + b) * RW + subgroup] = sum;
@@ -30,7 +30,7 @@ fn forward_step_rows_subgroup(
         }
     }
     workgroupBarrier();
-    if li < B {
+    if li < RB && b0 + li < fp.batch {
         var unit = array<f32, 4>();
         for (var g = 0u; g < GATES; g++) {
             var total = 0.0;
@@ -39,6 +39,6 @@ fn forward_step_rows_subgroup(
             }
             unit[g] = total;
         }
-        finish_forward(wg.x, li, unit);
+        finish_forward(wg.x, b0 + li, unit);
     }
 }

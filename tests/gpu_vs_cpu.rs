@@ -619,7 +619,7 @@ fn bad_shapes_are_errors() {
 }
 
 /// `half_recurrent_weights`: inference reads W_hh rounded to f16 and stays within f16 rounding
-/// of the CPU reference, with the rows kernel (B ≤ 4) and the tiled one, odd H (rows of f16
+/// of the CPU reference, with the rows kernel (B ≤ 8) and the tiled one, odd H (rows of f16
 /// pairs end half-filled); streams use it too; the training forward keeps f32 (bitwise the
 /// model without it); `update_params` refreshes the f16 copy.
 #[test]

@@ -71,9 +71,11 @@ fn cell_constants(cell: CellKind) -> Vec<(&'static str, f64)> {
 
 /// Hidden units per step workgroup (x) and batch rows per step workgroup (y); see recurrent.wgsl.
 pub(crate) const STEP_TILE: (usize, usize) = (32, 16);
-/// Largest batch of recurrent.wgsl `forward_step_rows` (its `RB`), which runs one workgroup
-/// per hidden unit.
-pub(crate) const STEP_ROWS_MAX_BATCH: usize = 4;
+/// Batch rows per workgroup of the one-workgroup-per-unit step kernels (recurrent.wgsl `RB`).
+pub(crate) const STEP_ROWS_PER_GROUP: usize = 4;
+/// Largest batch run by those kernels (⌈B/4⌉ workgroups per hidden unit, each reading its row of
+/// W_hh); larger batches run the tiled kernels, which read W_hh once per 16 rows.
+pub(crate) const STEP_ROWS_MAX_BATCH: usize = 8;
 /// Storage bindings of both forward step kernels.
 const FORWARD_STEP_ACCESS: &[Access] = &[
     Read, Read, Read, Read, ReadWrite, ReadWrite, ReadWrite, ReadWrite,

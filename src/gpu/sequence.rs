@@ -12,7 +12,8 @@
 use super::buffer::GpuTensor;
 use super::context::GpuContext;
 use super::kernels::{
-    CellKernels, GemmParams, Kernel, Recorder, StepKernels, STEP_ROWS_MAX_BATCH, STEP_TILE,
+    CellKernels, GemmParams, Kernel, Recorder, StepKernels, STEP_ROWS_MAX_BATCH,
+    STEP_ROWS_PER_GROUP, STEP_TILE,
 };
 use crate::config::{CellKind, RnnConfig};
 use crate::error::Result;
@@ -102,7 +103,7 @@ impl Dims {
     /// The kernel of `step` for this batch, and its grid.
     fn step_kernel<'k>(&self, step: &'k StepKernels) -> (&'k Kernel, (usize, usize)) {
         if self.unit_per_workgroup() {
-            (&step.rows, (self.h, 1))
+            (&step.rows, (self.h, self.b.div_ceil(STEP_ROWS_PER_GROUP)))
         } else {
             (&step.tiled, self.step_groups())
         }
