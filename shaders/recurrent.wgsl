@@ -34,6 +34,8 @@ const UNIT_LOADS: u32 = WJ * TK / (WJ * KS);
 
 // Partial sums of one half of the rows: (KS slices, ROWS / 2 rows, WJ units).
 var<workgroup> slice_sums: array<f32, KS * (ROWS / 2u) * WJ>;
+// The k tile of the batch rows: h_{t-1} (forward_step) or dG_h[t_prev] (backward_step).
+var<workgroup> row_tile: array<vec4<f32>, TK * QUADS_PAD>;  // (TK, QUADS_PAD): row_tile[kk·QUADS_PAD + r / 4][r % 4] = row b0 + r, column k0 + kk
 
 // Element e (< ROWS·TK) of a (ROWS, TK) tile load as (row, kk): 32 consecutive e cover 4 rows ×
 // 8 consecutive k, so a subgroup reads four 32-byte segments and stores to distinct banks.
@@ -43,6 +45,14 @@ fn tile_element(e: u32) -> vec2<u32> {
     let kk = (block % (TK / 8u)) * 8u + lane % 8u;
     let r = (block / (TK / 8u)) * 4u + lane / 8u;
     return vec2<u32>(r, kk);
+}
+
+// Stores this invocation's elements of a row tile (as loaded at tile_element(li + r·WJ·KS)).
+fn store_row_tile(li: u32, values: array<f32, ROW_LOADS>) {
+    for (var r = 0u; r < ROW_LOADS; r++) {
+        let at = tile_element(li + r * WJ * KS);
+        row_tile[at.y * QUADS_PAD + at.x / 4u][at.x % 4u] = values[r];
+    }
 }
 
 // Adds the KS slices' partial sums of rows half·KS .. half·KS + KS - 1 of unit x, where
@@ -133,7 +143,6 @@ override HALF_WEIGHTS: bool = false;
 @group(0) @binding(7) var<storage, read_write> output: array<f32>;       // (T or T_c, B, D·H)
 @group(0) @binding(8) var<storage, read_write> saved: array<f32>;        // (T, B, S·H), training only
 
-var<workgroup> h_tile: array<vec4<f32>, TK * QUADS_PAD>;  // (TK, QUADS_PAD): h_tile[kk·QUADS_PAD + r / 4][r % 4] = h_{t-1}[b0 + r, k0 + kk]
 var<workgroup> w_tile: array<f32, GATES * WJ * TKP>;   // (G·WJ, TKP): w_tile[(g·WJ + x)·TKP + kk] = W_hh[g·H + j0 + x, k0 + kk]
 
 // W_hh[row, k] as f32.
@@ -199,10 +208,7 @@ fn forward_step(
     // hidden behind them) and stored to workgroup memory after.
     var next = load_forward_tiles(j0, b0, 0u, li);
     for (var k0 = 0u; k0 < H; k0 += TK) {
-        for (var r = 0u; r < ROW_LOADS; r++) {
-            let at = tile_element(li + r * WJ * KS);
-            h_tile[at.y * QUADS_PAD + at.x / 4u][at.x % 4u] = next.h[r];
-        }
+        store_row_tile(li, next.h);
         for (var r = 0u; r < GATES * UNIT_LOADS; r++) {
             let e = li + r * WJ * KS;
             w_tile[(e / TK) * TKP + e % TK] = next.w[r];
@@ -218,7 +224,7 @@ fn forward_step(
                 w[g] = w_tile[(g * WJ + lid.x) * TKP + kk];
             }
             for (var q = 0u; q < QUADS; q++) {
-                let hv = h_tile[kk * QUADS_PAD + q];
+                let hv = row_tile[kk * QUADS_PAD + q];
                 for (var g = 0u; g < GATES; g++) {
                     acc[g * QUADS + q] += w[g] * hv;
                 }
@@ -398,7 +404,6 @@ struct BackwardStep {
 @group(0) @binding(7) var<storage, read_write> d_gates: array<f32>;      // (GRAD_PLANES, T, B, G·H)
 @group(0) @binding(8) var<storage, read_write> carry: array<f32>;        // (2, 2, B, H): slot, (dh, dc)
 
-var<workgroup> dg_tile: array<vec4<f32>, TK * QUADS_PAD>;  // (TK, QUADS_PAD): dg_tile[kk·QUADS_PAD + r / 4][r % 4] = dG_h[t_prev][b0 + r, k0 + kk]
 var<workgroup> wt_tile: array<f32, TK * WJ>;            // (TK, WJ): wt_tile[kk·WJ + x] = W_hh[k0 + kk, j0 + x]
 
 // This invocation's elements of the dG_h[t_prev] tile and the W_hh tile at k0 (zero past the
@@ -458,10 +463,7 @@ fn backward_step(
         // As in forward_step: the next tiles are read before the current one's products.
         var next = load_backward_tiles(j0, b0, 0u, li);
         for (var k0 = 0u; k0 < GH; k0 += TK) {
-            for (var r = 0u; r < ROW_LOADS; r++) {
-                let at = tile_element(li + r * WJ * KS);
-                dg_tile[at.y * QUADS_PAD + at.x / 4u][at.x % 4u] = next.dg[r];
-            }
+            store_row_tile(li, next.dg);
             for (var r = 0u; r < UNIT_LOADS; r++) {
                 wt_tile[li + r * WJ * KS] = next.wt[r];
             }
@@ -473,7 +475,7 @@ fn backward_step(
                 let kk = lid.y * KSTEP + step;
                 let w = wt_tile[kk * WJ + lid.x];
                 for (var q = 0u; q < QUADS; q++) {
-                    acc[q] += dg_tile[kk * QUADS_PAD + q] * w;
+                    acc[q] += row_tile[kk * QUADS_PAD + q] * w;
                 }
             }
             workgroupBarrier();

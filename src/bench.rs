@@ -425,6 +425,8 @@ impl BenchReport {
             ];
             for (backend, timing, adapter, adapter_backend) in runs {
                 let Some(t) = timing else { continue };
+                let half = backend == "gpu" && r.half_recurrent_weights;
+                let recurrent_weights = if half { "f16" } else { "f32" };
                 records.push(json!({
                     "lib": "wgpu-rnn",
                     "version": env!("CARGO_PKG_VERSION"),
@@ -448,7 +450,7 @@ impl BenchReport {
                     "timer": t.timer,
                     "ms_wall_median": t.wall_median_ms,
                     "includes_transfers": false,
-                    "recurrent_weights": if backend == "gpu" && r.half_recurrent_weights { "f16" } else { "f32" },
+                    "recurrent_weights": recurrent_weights,
                     "max_rel_err": r.max_rel_err,
                     "git_commit": self.git_commit,
                 }));

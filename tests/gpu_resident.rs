@@ -303,7 +303,8 @@ fn chunked_multilayer_inference_equals_unchunked() {
     }
 }
 
-/// A context on the same adapter, with the same features, whose storage bindings and buffers are capped at `bytes`.
+/// A context on the same adapter, with the same features, whose storage bindings and buffers
+/// are capped at `bytes`.
 fn capped_context(shared: &GpuContext, bytes: u32) -> Arc<GpuContext> {
     let instance =
         wgpu::Instance::new(wgpu::InstanceDescriptor::new_without_display_handle_from_env());

@@ -468,11 +468,11 @@ impl GpuContext {
                         };
                         // SAFETY: `ShaderChecks::ProvenInRange` is passed only for the step
                         // kernels (a cell file + recurrent.wgsl [+ recurrent_subgroup.wgsl]) and
-                        // gemm.wgsl (src/gpu/kernels.rs): their storage
-                        // indices are in range for the buffer sizes the host checks before it
-                        // records a dispatch (tile loads past an edge are guarded by `if`),
-                        // workgroup and local arrays are indexed by expressions bounded by their
-                        // constant sizes, and every loop counts up to a dispatch parameter.
+                        // gemm.wgsl (src/gpu/kernels.rs): their storage indices are in range for
+                        // the buffer sizes the host checks before it records a dispatch (tile
+                        // loads past an edge are guarded by `if`), workgroup and local arrays
+                        // are indexed by expressions bounded by their constant sizes, and every
+                        // loop counts up to a dispatch parameter.
                         unsafe { self.device.create_shader_module_trusted(desc, checks) }
                     }
                 }

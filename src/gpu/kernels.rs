@@ -443,14 +443,7 @@ impl<'k> Recorder<'k> {
         dst: &wgpu::Buffer,
         (a, b, f): (usize, usize, usize),
     ) -> Result<()> {
-        let binding = self.bind(&kernels.transpose, &[src, dst]);
-        let (x, y) = self.ctx.grid_1d((a * b * f).div_ceil(UTIL_WORKGROUP))?;
-        self.dispatch(
-            &kernels.transpose,
-            binding,
-            &[a, b, f],
-            (x as usize, y as usize),
-        )
+        self.util(&kernels.transpose, src, dst, &[a, b, f], a * b * f)
     }
 
     /// Queues the packing of `src` (rows, cols) f32 into `dst` (rows, ⌈cols/2⌉) f16 pairs.
@@ -461,16 +454,27 @@ impl<'k> Recorder<'k> {
         dst: &wgpu::Buffer,
         (rows, cols): (usize, usize),
     ) -> Result<()> {
-        let binding = self.bind(&kernels.pack_half, &[src, dst]);
-        let (x, y) = self
-            .ctx
-            .grid_1d((rows * cols.div_ceil(2)).div_ceil(UTIL_WORKGROUP))?;
-        self.dispatch(
+        self.util(
             &kernels.pack_half,
-            binding,
+            src,
+            dst,
             &[rows, cols],
-            (x as usize, y as usize),
+            rows * cols.div_ceil(2),
         )
+    }
+
+    /// Queues a util.wgsl kernel from `src` into `dst`, one invocation per output element.
+    fn util(
+        &mut self,
+        kernel: &'k Kernel,
+        src: &wgpu::Buffer,
+        dst: &wgpu::Buffer,
+        params: &[usize],
+        outputs: usize,
+    ) -> Result<()> {
+        let binding = self.bind(kernel, &[src, dst]);
+        let (x, y) = self.ctx.grid_1d(outputs.div_ceil(UTIL_WORKGROUP))?;
+        self.dispatch(kernel, binding, params, (x as usize, y as usize))
     }
 
     /// Queues a copy of `len` elements to run before the compute pass.

@@ -313,10 +313,10 @@ impl GpuRnn {
     /// When on, inference ([`GpuRnn::forward`], [`GpuRnn::forward_gpu`], streams) reads W_hh
     /// rounded to f16, two per 32-bit word (products and states stay f32): half the bytes per
     /// time step, which bounds small-batch steps on a GPU. Expect relative errors around 1e-4
-    /// (f16 keeps 11 significant bits) instead of 1e-7; weights beyond ±65504 saturate. Training and backward keep f32. The
-    /// f16 copy (G·H·⌈H/2⌉ words per layer and direction) follows [`GpuRnn::update_params`] and
-    /// [`GpuRnn::copy_weights_from`]. Set it before creating streams: a model shared with a
-    /// stream is a [`RnnError::Config`].
+    /// (f16 keeps 11 significant bits) instead of 1e-7; weights beyond ±65504 saturate.
+    /// Training and backward keep f32. The f16 copy (G·H·⌈H/2⌉ words per layer and direction)
+    /// follows [`GpuRnn::update_params`] and [`GpuRnn::copy_weights_from`]. Set it before
+    /// creating streams: a model shared with a stream is a [`RnnError::Config`].
     pub fn half_recurrent_weights(mut self, on: bool) -> Result<Self> {
         let Some(weights) = Arc::get_mut(&mut self.weights) else {
             return Err(RnnError::Config(

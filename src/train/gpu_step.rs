@@ -545,7 +545,8 @@ impl GpuTrainer {
         Ok(self.model.clone())
     }
 
-    /// The optimizer state, read back (for [`save_checkpoint`](super::checkpoint::save_checkpoint)).
+    /// The optimizer state, read back (for
+    /// [`save_checkpoint`](super::checkpoint::save_checkpoint)).
     pub fn optimizer(&self) -> Result<Optimizer<f32>> {
         self.optimizer.to_host(&self.ctx, &self.model.tensor_lens())
     }

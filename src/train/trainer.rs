@@ -14,7 +14,7 @@ use crate::error::{Result, RnnError};
 use crate::gpu::GpuContext;
 use crate::scalar::Scalar;
 use serde_json::json;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -237,19 +237,26 @@ impl TrainLoop {
         }
     }
 
-    /// The optimizer state (read back from the GPU).
-    fn optimizer(&self) -> Result<Optimizer<f32>> {
+    /// The trained model (read back from the GPU), saved with the optimizer state to
+    /// `checkpoint` when given: only then does the state leave the GPU.
+    fn finish(self, checkpoint: Option<&Path>) -> Result<SeqModel<f32>> {
+        use super::checkpoint::save_checkpoint;
         match self {
-            TrainLoop::Cpu { optimizer, .. } => Ok(optimizer.clone()),
-            TrainLoop::Gpu(trainer) => trainer.optimizer(),
-        }
-    }
-
-    /// The trained model (read back from the GPU).
-    fn into_model(self) -> Result<SeqModel<f32>> {
-        match self {
-            TrainLoop::Cpu { model, .. } => Ok(*model),
-            TrainLoop::Gpu(mut trainer) => trainer.model(),
+            TrainLoop::Cpu {
+                model, optimizer, ..
+            } => {
+                if let Some(path) = checkpoint {
+                    save_checkpoint(path, &model, &optimizer)?;
+                }
+                Ok(*model)
+            }
+            TrainLoop::Gpu(mut trainer) => {
+                let model = trainer.model()?;
+                if let Some(path) = checkpoint {
+                    save_checkpoint(path, &model, &trainer.optimizer()?)?;
+                }
+                Ok(model)
+            }
         }
     }
 }
@@ -310,7 +317,7 @@ pub(crate) fn fit_adding(opts: &AddingOptions) -> Result<(SeqModel<f32>, TrainRe
         }
     }
     bar.finish_and_clear();
-    let model = run.into_model()?;
+    let model = run.finish(None)?;
     let final_value = history.last().map_or(f64::NAN, |p| p.loss);
     let report = TrainReport {
         task: "adding".into(),
@@ -513,16 +520,7 @@ pub fn train_charlm(opts: &CharLmOptions) -> Result<TrainReport> {
     }
     bar.finish_and_clear();
     let seconds = start.elapsed().as_secs_f64();
-    // The optimizer state leaves the GPU only for a checkpoint.
-    let optimizer = opts
-        .checkpoint
-        .as_ref()
-        .map(|_| run.optimizer())
-        .transpose()?;
-    let model = run.into_model()?;
-    if let (Some(path), Some(optimizer)) = (&opts.checkpoint, &optimizer) {
-        super::checkpoint::save_checkpoint(path, &model, optimizer)?;
-    }
+    let model = run.finish(opts.checkpoint.as_deref())?;
     let sample = (opts.sample_len > 0)
         .then(|| {
             sample_text(
