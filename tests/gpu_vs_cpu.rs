@@ -522,7 +522,7 @@ fn stream_steps_equal_full_forward() {
                     "{cell:?} chunk {chunk}: c"
                 );
             }
-            stream.reset();
+            stream.reset().expect("reset");
             let (h, _) = stream.state().expect("state after reset");
             assert!(h.iter().all(|&v| v == 0.0), "reset leaves a nonzero state");
         }

@@ -2,6 +2,7 @@
 
 use std::collections::HashMap;
 use std::fmt;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use super::timer::PassTimer;
@@ -226,16 +227,30 @@ impl CacheKey {
     }
 }
 
-/// A wgpu device and queue with a pipeline cache and a record of device errors.
+/// Identifies a [`GpuContext`] among those of the process (shown in error messages).
+pub type ContextId = u64;
+
+/// Device errors recorded by the uncaptured-error handler, until taken.
+pub(crate) type ErrorSink = Arc<Mutex<Vec<String>>>;
+
+/// Bytes of unused pooled buffers kept before the pool frees them (see
+/// [`GpuContext::release_unused_buffers`]).
+const POOL_KEEP_BYTES: u64 = 512 << 20;
+
+/// A wgpu device and queue with a pipeline cache, a buffer pool and a record of device errors.
 ///
 /// `Send + Sync`; share it as `Arc<GpuContext>`.
 pub struct GpuContext {
+    id: ContextId,
     device: wgpu::Device,
     queue: wgpu::Queue,
     adapter_info: wgpu::AdapterInfo,
     limits: wgpu::Limits,
     /// Uncaptured device errors (validation, out of memory, device lost) since the last check.
-    errors: Arc<Mutex<Vec<String>>>,
+    errors: ErrorSink,
+    /// Workspace, uniform and staging buffers: one is free when the pool holds its only handle.
+    pool: Mutex<Vec<Arc<wgpu::Buffer>>>,
+    buffers_created: AtomicU64,
     modules: Mutex<HashMap<ModuleKey, wgpu::ShaderModule>>,
     pipelines: Mutex<HashMap<CacheKey, Arc<wgpu::ComputePipeline>>>,
     /// Set while compute passes are timed ([`GpuContext::start_pass_timing`]).
@@ -307,7 +322,11 @@ impl GpuContext {
             }
         });
         let limits = device.limits();
+        static NEXT_ID: AtomicU64 = AtomicU64::new(1);
         Ok(GpuContext {
+            id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
+            pool: Mutex::new(Vec::new()),
+            buffers_created: AtomicU64::new(0),
             device,
             queue,
             adapter_info,
@@ -321,6 +340,69 @@ impl GpuContext {
 
     pub fn device(&self) -> &wgpu::Device {
         &self.device
+    }
+
+    /// This context's identity, which every tensor, tape and stream made on it carries.
+    pub fn id(&self) -> ContextId {
+        self.id
+    }
+
+    /// Buffers the library has created on this context so far. Repeated calls of one shape
+    /// reuse pooled buffers, so a steady loop adds none.
+    pub fn buffers_created(&self) -> u64 {
+        self.buffers_created.load(Ordering::Relaxed)
+    }
+
+    /// Creates a buffer, counted in [`GpuContext::buffers_created`].
+    pub(crate) fn create_buffer(
+        &self,
+        label: &str,
+        size: u64,
+        usage: wgpu::BufferUsages,
+    ) -> wgpu::Buffer {
+        self.buffers_created.fetch_add(1, Ordering::Relaxed);
+        self.device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some(label),
+            size,
+            usage,
+            mapped_at_creation: false,
+        })
+    }
+
+    /// A free pooled buffer of exactly `size` bytes and `usage`, or a new one added to the pool.
+    /// It is free again once every handle but the pool's is dropped; GPU work already submitted
+    /// on it stays ordered before later work, so it can be handed out at once.
+    pub(crate) fn pooled_buffer(
+        &self,
+        label: &str,
+        size: u64,
+        usage: wgpu::BufferUsages,
+    ) -> Arc<wgpu::Buffer> {
+        let mut pool = lock(&self.pool);
+        let is_free = |b: &Arc<wgpu::Buffer>| Arc::strong_count(b) == 1;
+        if let Some(buffer) = pool
+            .iter()
+            .find(|b| is_free(b) && b.size() == size && b.usage() == usage)
+        {
+            return Arc::clone(buffer);
+        }
+        let free_bytes: u64 = pool.iter().filter(|b| is_free(b)).map(|b| b.size()).sum();
+        if free_bytes > POOL_KEEP_BYTES {
+            pool.retain(|b| !is_free(b));
+        }
+        let buffer = Arc::new(self.create_buffer(label, size, usage));
+        pool.push(Arc::clone(&buffer));
+        buffer
+    }
+
+    /// Frees the pooled buffers no tensor uses now (the pool also does so by itself once more
+    /// than 512 MiB lie unused).
+    pub fn release_unused_buffers(&self) {
+        lock(&self.pool).retain(|b| Arc::strong_count(b) > 1);
+    }
+
+    pub(crate) fn error_sink(&self) -> ErrorSink {
+        Arc::clone(&self.errors)
     }
 
     pub fn queue(&self) -> &wgpu::Queue {
@@ -522,12 +604,7 @@ impl GpuContext {
 
     /// Returns the errors recorded since the last check without waiting for the GPU.
     pub fn take_errors(&self) -> Result<()> {
-        let errors = std::mem::take(&mut *lock(&self.errors));
-        if errors.is_empty() {
-            Ok(())
-        } else {
-            Err(RnnError::Device(errors.join("\n")))
-        }
+        take_errors(&self.errors)
     }
 
     /// Splits `workgroups` (at least one) into an `(x, y)` grid within the per-dimension limit, for
@@ -545,8 +622,18 @@ impl GpuContext {
     }
 }
 
+/// The errors recorded in `sink` since the last check, as one [`RnnError::Device`].
+pub(crate) fn take_errors(sink: &ErrorSink) -> Result<()> {
+    let errors = std::mem::take(&mut *lock(sink));
+    if errors.is_empty() {
+        Ok(())
+    } else {
+        Err(RnnError::Device(errors.join("\n")))
+    }
+}
+
 /// Locks a mutex, ignoring poisoning: every value guarded here stays valid if a holder panicked.
-fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+pub(crate) fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     mutex
         .lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner)
