@@ -227,6 +227,26 @@ impl CacheKey {
     }
 }
 
+/// Counts of [`GpuContext::counters`]; subtract two readings to count what happened between.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct GpuCounters {
+    pub buffers_created: u64,
+    pub submits: u64,
+    pub copies: u64,
+}
+
+impl std::ops::Sub for GpuCounters {
+    type Output = GpuCounters;
+
+    fn sub(self, earlier: GpuCounters) -> GpuCounters {
+        GpuCounters {
+            buffers_created: self.buffers_created - earlier.buffers_created,
+            submits: self.submits - earlier.submits,
+            copies: self.copies - earlier.copies,
+        }
+    }
+}
+
 /// Identifies a [`GpuContext`] among those of the process (shown in error messages).
 pub type ContextId = u64;
 
@@ -251,6 +271,8 @@ pub struct GpuContext {
     /// Workspace, uniform and staging buffers: one is free when the pool holds its only handle.
     pool: Mutex<Vec<Arc<wgpu::Buffer>>>,
     buffers_created: AtomicU64,
+    submits: AtomicU64,
+    copies: AtomicU64,
     modules: Mutex<HashMap<ModuleKey, wgpu::ShaderModule>>,
     pipelines: Mutex<HashMap<CacheKey, Arc<wgpu::ComputePipeline>>>,
     /// Set while compute passes are timed ([`GpuContext::start_pass_timing`]).
@@ -327,6 +349,8 @@ impl GpuContext {
             id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
             pool: Mutex::new(Vec::new()),
             buffers_created: AtomicU64::new(0),
+            submits: AtomicU64::new(0),
+            copies: AtomicU64::new(0),
             device,
             queue,
             adapter_info,
@@ -347,10 +371,26 @@ impl GpuContext {
         self.id
     }
 
-    /// Buffers the library has created on this context so far. Repeated calls of one shape
-    /// reuse pooled buffers, so a steady loop adds none.
-    pub fn buffers_created(&self) -> u64 {
-        self.buffers_created.load(Ordering::Relaxed)
+    /// What the library has done on this context so far: buffers created (repeated calls of
+    /// one shape reuse pooled buffers, so a steady loop adds none), command buffers submitted,
+    /// and buffer-to-buffer copies recorded.
+    pub fn counters(&self) -> GpuCounters {
+        GpuCounters {
+            buffers_created: self.buffers_created.load(Ordering::Relaxed),
+            submits: self.submits.load(Ordering::Relaxed),
+            copies: self.copies.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Submits one command buffer, counted in [`GpuContext::counters`].
+    pub(crate) fn submit(&self, commands: wgpu::CommandBuffer) {
+        self.submits.fetch_add(1, Ordering::Relaxed);
+        self.queue.submit([commands]);
+    }
+
+    /// Counts `n` recorded buffer copies in [`GpuContext::counters`].
+    pub(crate) fn count_copies(&self, n: usize) {
+        self.copies.fetch_add(n as u64, Ordering::Relaxed);
     }
 
     /// Creates a buffer, counted in [`GpuContext::buffers_created`].

@@ -21,7 +21,9 @@ mod sequence;
 pub mod tensor;
 mod timer;
 
-pub use context::{enumerate_adapters, AdapterSummary, GpuContext, GpuOptions, PipelineKey};
+pub use context::{
+    enumerate_adapters, AdapterSummary, GpuContext, GpuCounters, GpuOptions, PipelineKey,
+};
 pub use kernels::{util_kernel, Access, Kernel};
 pub use model::{
     GpuForwardOutput, GpuGradients, GpuLayerGradients, GpuRnn, GpuSequenceBatch, GpuStream,

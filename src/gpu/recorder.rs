@@ -220,6 +220,7 @@ impl<'k> Recorder<'k> {
         let source = range(self.ctx, src, src_off, len)?;
         let destination = range(self.ctx, dst, dst_off, len)?;
         if len > 0 {
+            self.ctx.count_copies(1);
             self.commands.push(Command::Copy {
                 source,
                 destination,
@@ -279,7 +280,7 @@ impl<'k> Recorder<'k> {
                         label: Some("wgpu-rnn"),
                     });
             self.encode(&mut encoder, &bind_groups, commands);
-            self.ctx.queue().submit([encoder.finish()]);
+            self.ctx.submit(encoder.finish());
         }
         Ok(())
     }

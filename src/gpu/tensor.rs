@@ -346,7 +346,8 @@ impl Readback {
                 label: Some("readback"),
             });
         encoder.copy_buffer_to_buffer(source, offset, &staging, 0, bytes);
-        ctx.queue().submit([encoder.finish()]);
+        ctx.count_copies(1);
+        ctx.submit(encoder.finish());
         let mapped: MapResult = Arc::new(Mutex::new(None));
         let slot = Arc::clone(&mapped);
         staging.map_async(wgpu::MapMode::Read, ..bytes, move |result| {

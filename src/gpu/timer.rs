@@ -89,7 +89,7 @@ impl PassTimer {
                 label: Some("resolve timestamps"),
             });
         encoder.resolve_query_set(&self.queries, 0..queries, &self.resolved, 0);
-        ctx.queue().submit([encoder.finish()]);
+        ctx.submit(encoder.finish());
         let bytes = u64::from(queries) * 8;
         let readback = Readback::start(ctx, &self.resolved, 0, bytes, "resolved timestamps");
         ctx.sync()?;

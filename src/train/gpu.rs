@@ -89,7 +89,7 @@ pub fn run_pass(
         });
         f(&mut pass)?;
     }
-    ctx.queue().submit([encoder.finish()]);
+    ctx.submit(encoder.finish());
     ctx.take_errors()
 }
 
