@@ -548,11 +548,10 @@ impl GpuRnn {
         let gemm_rows = limits.max_compute_workgroups_per_dimension as usize * GEMM_TILE_M;
         // One chunk's dispatches: its steps, the gemm and up to two transposes.
         let dispatches = limits.max_buffer_size as usize / param_stride(&self.ctx);
-        (budget / row_bytes)
+        let fits = (budget / row_bytes)
             .min(gemm_rows / dims.b)
-            .min(dispatches.saturating_sub(3))
-            .min(MAX_CHUNK_STEPS)
-            .max(1)
+            .min(dispatches.saturating_sub(3));
+        fits.clamp(1, MAX_CHUNK_STEPS)
     }
 
     fn run_forward(

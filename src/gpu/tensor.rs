@@ -159,7 +159,7 @@ impl GpuTensor {
         limit: u64,
     ) -> Result<Self> {
         let align = u64::from(limits.min_storage_buffer_offset_alignment);
-        if byte_offset % align != 0 {
+        if !byte_offset.is_multiple_of(align) {
             return Err(RnnError::Config(format!(
                 "`{}`: byte offset {byte_offset} is not a multiple of the device's \
                  min_storage_buffer_offset_alignment = {align}",
