@@ -1,18 +1,18 @@
 //! PyTorch reference fixtures (see tests/fixtures/torch/README.md) and the comparison of a
 //! forward + backward result against them.
 
-use crate::batch::{ForwardOutput, Gradients, SequenceBatch, UpstreamGrads};
-use crate::config::{CellKind, Nonlinearity, RnnConfig};
-use crate::error::{check_shape, Result, RnnError};
-use crate::params::RnnParams;
-use crate::scalar::Scalar;
-use crate::tensorfile;
 use ndarray::{Array3, ArrayD, ArrayView, ArrayViewD, Dimension, Ix3};
 use safetensors::Dtype;
 use serde_json::Value;
 use std::collections::HashMap;
 use std::fmt;
 use std::path::Path;
+use wgpu_rnn::batch::{ForwardOutput, Gradients, SequenceBatch, UpstreamGrads};
+use wgpu_rnn::config::{CellKind, Nonlinearity, RnnConfig};
+use wgpu_rnn::error::{check_shape, Result, RnnError};
+use wgpu_rnn::params::RnnParams;
+use wgpu_rnn::scalar::Scalar;
+use wgpu_rnn::tensorfile;
 
 /// Tolerance on ‖Δ‖/‖ref‖ for output, h_n and c_n.
 pub const OUTPUT_TOL: f64 = 1e-5;
