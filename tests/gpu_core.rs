@@ -330,3 +330,30 @@ fn readback_is_a_future_that_resolves_without_a_blocking_wait() {
     drop(tensor.read(&ctx).expect("read"));
     assert_eq!(tensor.to_vec(&ctx).expect("readback"), [1.0, 2.0, 3.0]);
 }
+
+#[test]
+fn a_device_error_is_reported_by_the_call_that_caused_it_not_by_others() {
+    if common::gpu().is_none() {
+        return;
+    }
+    let ctx = Arc::new(GpuContext::new().expect("context"));
+    let lstm = model(&ctx, &RnnConfig::new(CellKind::Lstm, 3, 4), 18);
+    let x = random3(19, (4, 2, 3));
+    // Another thread misuses the device directly (MAP_READ with MAP_WRITE is invalid).
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            let _invalid = ctx.device().create_buffer(&wgpu::BufferDescriptor {
+                label: Some("invalid"),
+                size: 16,
+                usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::MAP_WRITE,
+                mapped_at_creation: false,
+            });
+        });
+    });
+    // The library's calls are not blamed for it...
+    lstm.forward(&SequenceBatch::new(x.view()))
+        .expect("forward does not report another call's error");
+    // ...and the application still finds its own error where uncaptured errors go.
+    assert!(matches!(ctx.sync(), Err(RnnError::Device(_))));
+    ctx.sync().expect("reported once");
+}

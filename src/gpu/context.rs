@@ -251,7 +251,7 @@ impl std::ops::Sub for GpuCounters {
 pub type ContextId = u64;
 
 /// Device errors recorded by the uncaptured-error handler, until taken.
-pub(crate) type ErrorSink = Arc<Mutex<Vec<String>>>;
+type ErrorSink = Arc<Mutex<Vec<String>>>;
 
 /// Bytes of unused pooled buffers kept before the pool frees them (see
 /// [`GpuContext::release_unused_buffers`]).
@@ -441,10 +441,6 @@ impl GpuContext {
         lock(&self.pool).retain(|b| Arc::strong_count(b) > 1);
     }
 
-    pub(crate) fn error_sink(&self) -> ErrorSink {
-        Arc::clone(&self.errors)
-    }
-
     pub fn queue(&self) -> &wgpu::Queue {
         &self.queue
     }
@@ -602,11 +598,36 @@ impl GpuContext {
             .clone()
     }
 
+    /// Runs `f` inside validation and out-of-memory error scopes of this thread, so that a device
+    /// error `f` causes is its result (named by `what`), and errors of calls on other threads
+    /// are not.
+    pub(crate) fn scoped<T>(&self, what: &str, f: impl FnOnce() -> Result<T>) -> Result<T> {
+        let out_of_memory = self.device.push_error_scope(wgpu::ErrorFilter::OutOfMemory);
+        let validation = self.device.push_error_scope(wgpu::ErrorFilter::Validation);
+        let result = f();
+        // Popping takes effect at once; on native backends the futures are already resolved.
+        let validation = pollster::block_on(validation.pop());
+        let out_of_memory = pollster::block_on(out_of_memory.pop());
+        match (result, validation.or(out_of_memory)) {
+            (Err(e), _) => Err(e),
+            (Ok(_), Some(error)) => Err(RnnError::Device(format!("{what}: {error}"))),
+            (Ok(value), None) => Ok(value),
+        }
+    }
+
+    /// Waits for all submitted work (no error check).
+    pub(crate) fn wait(&self) -> Result<()> {
+        self.device
+            .poll(wgpu::PollType::wait_indefinitely())
+            .map(|_| ())
+            .map_err(|e| RnnError::Device(format!("waiting for the GPU: {e}")))
+    }
+
     /// Waits for all submitted work, then returns the device errors raised since the last call
     /// (validation, out of memory, device lost) as one [`RnnError::Device`].
     ///
-    /// Errors are recorded per context, not per thread: work from several threads on one context
-    /// reports its errors to whichever calls `sync` (or reads back) first.
+    /// These are the errors no call of the library caused (each of those returns its own): an
+    /// application's own misuse of the device, or a device loss.
     pub fn sync(&self) -> Result<()> {
         let polled = self.device.poll(wgpu::PollType::wait_indefinitely());
         self.take_errors()?;
@@ -644,7 +665,12 @@ impl GpuContext {
 
     /// Returns the errors recorded since the last check without waiting for the GPU.
     pub fn take_errors(&self) -> Result<()> {
-        take_errors(&self.errors)
+        let errors = std::mem::take(&mut *lock(&self.errors));
+        if errors.is_empty() {
+            Ok(())
+        } else {
+            Err(RnnError::Device(errors.join("\n")))
+        }
     }
 
     /// Splits `workgroups` (at least one) into an `(x, y)` grid within the per-dimension limit, for
@@ -659,16 +685,6 @@ impl GpuContext {
             )));
         }
         Ok((x as u32, y as u32))
-    }
-}
-
-/// The errors recorded in `sink` since the last check, as one [`RnnError::Device`].
-pub(crate) fn take_errors(sink: &ErrorSink) -> Result<()> {
-    let errors = std::mem::take(&mut *lock(sink));
-    if errors.is_empty() {
-        Ok(())
-    } else {
-        Err(RnnError::Device(errors.join("\n")))
     }
 }
 

@@ -387,7 +387,8 @@ impl GpuRnn {
                 None
             };
         }
-        self.pack_half_weights()?;
+        self.ctx
+            .scoped("half_recurrent_weights", || self.pack_half_weights())?;
         Ok(self)
     }
 
@@ -432,7 +433,8 @@ impl GpuRnn {
                 target.b_hh.write(&self.ctx, &b_hh.to_vec())?;
             }
         }
-        self.pack_half_weights()
+        self.ctx
+            .scoped("update_params", || self.pack_half_weights())
     }
 
     /// Inference over a whole batch: uploads, [`GpuRnn::forward_gpu`], reads back.
@@ -560,6 +562,20 @@ impl GpuRnn {
         layout: StateLayout,
         sink: &mut Sink<'_>,
     ) -> Result<(GpuForwardOutput, GpuTape)> {
+        let what = match layout {
+            StateLayout::PingPong => "forward",
+            StateLayout::Sequence => "training forward",
+        };
+        self.ctx
+            .scoped(what, || self.record_forward_in(batch, layout, sink))
+    }
+
+    fn record_forward_in(
+        &self,
+        batch: &GpuSequenceBatch<'_>,
+        layout: StateLayout,
+        sink: &mut Sink<'_>,
+    ) -> Result<(GpuForwardOutput, GpuTape)> {
         let (t, b) = batch.validate(&self.config, &self.ctx)?;
         let dims = Dims::new(&self.config, t, b);
         let ctx = &*self.ctx;
@@ -673,6 +689,16 @@ impl GpuRnn {
         grads: &GpuUpstreamGrads<'_>,
         sink: &mut Sink<'_>,
     ) -> Result<GpuGradients> {
+        self.ctx
+            .scoped("backward", || self.record_backward_in(tape, grads, sink))
+    }
+
+    fn record_backward_in(
+        &self,
+        tape: &GpuTape,
+        grads: &GpuUpstreamGrads<'_>,
+        sink: &mut Sink<'_>,
+    ) -> Result<GpuGradients> {
         tape.check_model(&self.config, &self.ctx)?;
         let dims = tape.dims;
         grads.validate(&self.config, &self.ctx, dims.t, dims.b)?;
@@ -765,7 +791,9 @@ impl GpuRnn {
             d_c0: c0.as_ref(),
             params,
         };
-        self.record_backward_into(tape, grads, io, &mut Sink::Submit)?;
+        self.ctx.scoped("backward", || {
+            self.record_backward_into(tape, grads, io, &mut Sink::Submit)
+        })?;
         Ok(input)
     }
 
@@ -916,6 +944,11 @@ impl GpuStream {
 
     /// Records the steps of `input` (k, B, I) from the state into `sink`; returns the outputs.
     fn run(&mut self, input: &GpuTensor, sink: &mut Sink<'_>) -> Result<GpuTensor> {
+        let ctx = Arc::clone(&self.ctx);
+        ctx.scoped("stream step", || self.record_in(input, sink))
+    }
+
+    fn record_in(&mut self, input: &GpuTensor, sink: &mut Sink<'_>) -> Result<GpuTensor> {
         let ctx = &*self.ctx;
         let k = input.shape()[0];
         let b = self.batch_size;

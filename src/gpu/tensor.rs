@@ -271,8 +271,8 @@ impl GpuTensor {
 
     /// Starts a readback of the values: a copy into a staging buffer, submitted now. The future
     /// resolves once the GPU has done it, without blocking: on native backends each poll of it
-    /// polls the device once and, while the copy is not done, asks to be polled again. Device
-    /// errors raised before it resolves are returned as [`RnnError::Device`].
+    /// polls the device once and, while the copy is not done, asks to be polled again. A failed
+    /// copy or mapping is an [`RnnError::Device`].
     pub fn read(&self, ctx: &GpuContext) -> Result<Readback> {
         self.check_context(ctx)?;
         if self.len == 0 {
@@ -280,19 +280,21 @@ impl GpuTensor {
         }
         self.check_usage(wgpu::BufferUsages::COPY_SRC, "reading")?;
         let bytes = self.len as u64 * F32_BYTES;
-        Ok(Readback::start(
-            ctx,
-            &self.buffer,
-            self.offset,
-            bytes,
-            &self.label,
-        ))
+        ctx.scoped(&format!("reading `{}`", self.label), || {
+            Ok(Readback::start(
+                ctx,
+                &self.buffer,
+                self.offset,
+                bytes,
+                &self.label,
+            ))
+        })
     }
 
     /// Waits for all submitted work and reads back exactly `len()` values.
     pub fn to_vec(&self, ctx: &GpuContext) -> Result<Vec<f32>> {
         let readback = self.read(ctx)?;
-        ctx.sync()?;
+        ctx.wait()?;
         pollster::block_on(readback)
     }
 
@@ -311,7 +313,6 @@ type MapResult = Arc<Mutex<Option<std::result::Result<(), wgpu::BufferAsyncError
 #[must_use = "a readback does nothing unless awaited"]
 pub struct Readback {
     device: wgpu::Device,
-    errors: super::context::ErrorSink,
     /// `None` for an empty tensor.
     staging: Option<(Arc<wgpu::Buffer>, u64)>,
     mapped: MapResult,
@@ -322,7 +323,6 @@ impl Readback {
     fn done(ctx: &GpuContext) -> Self {
         Readback {
             device: ctx.device().clone(),
-            errors: ctx.error_sink(),
             staging: None,
             mapped: Arc::new(Mutex::new(Some(Ok(())))),
             label: String::new(),
@@ -355,7 +355,6 @@ impl Readback {
         });
         Readback {
             device: ctx.device().clone(),
-            errors: ctx.error_sink(),
             staging: Some((staging, bytes)),
             mapped,
             label: label.to_string(),
@@ -379,7 +378,7 @@ impl Future for Readback {
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.get_mut();
         let Some((staging, bytes)) = &this.staging else {
-            return Poll::Ready(super::context::take_errors(&this.errors).map(|_| Vec::new()));
+            return Poll::Ready(Ok(Vec::new()));
         };
         if super::context::lock(&this.mapped).is_none() {
             if let Err(e) = this.device.poll(wgpu::PollType::Poll) {
@@ -393,7 +392,6 @@ impl Future for Readback {
             cx.waker().wake_by_ref();
             return Poll::Pending;
         };
-        super::context::take_errors(&this.errors)?;
         result.map_err(|e| RnnError::Device(format!("mapping `{}`: {e}", this.label)))?;
         let values = {
             let view = staging

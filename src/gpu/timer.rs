@@ -92,7 +92,7 @@ impl PassTimer {
         ctx.submit(encoder.finish());
         let bytes = u64::from(queries) * 8;
         let readback = Readback::start(ctx, &self.resolved, 0, bytes, "resolved timestamps");
-        ctx.sync()?;
+        ctx.wait()?;
         let ticks: Vec<u64> = bytemuck::pod_collect_to_vec(&pollster::block_on(readback)?);
         let ns_per_tick = f64::from(ctx.queue().get_timestamp_period());
         let total: u64 = ticks
