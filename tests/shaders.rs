@@ -358,3 +358,43 @@ fn every_parameter_struct_matches_its_wgsl_twin_in_size_and_member_offsets() {
         );
     }
 }
+
+/// The value of the WGSL constant `name` of `module` (a u32 or bool literal) as a usize.
+fn constant(module: &Module, name: &str) -> usize {
+    let (_, c) = module
+        .constants
+        .iter()
+        .find(|(_, c)| c.name.as_deref() == Some(name))
+        .unwrap_or_else(|| panic!("constant {name} not found"));
+    match module.global_expressions[c.init] {
+        naga::Expression::Literal(naga::Literal::U32(v)) => v as usize,
+        naga::Expression::Literal(naga::Literal::Bool(v)) => usize::from(v),
+        ref other => panic!("{name} is not a u32 or bool literal: {other:?}"),
+    }
+}
+
+#[test]
+fn cell_constants_of_the_shaders_are_the_cells_facts_on_the_host() {
+    use wgpu_rnn::{CellKind, Nonlinearity};
+    let cells = [
+        ("rnn.wgsl", CellKind::Rnn(Nonlinearity::Tanh)),
+        ("lstm.wgsl", CellKind::Lstm),
+        ("gru.wgsl", CellKind::Gru),
+    ];
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("shaders");
+    for (file, cell) in cells {
+        let source = std::fs::read_to_string(dir.join(file)).expect("cell file")
+            + &std::fs::read_to_string(dir.join("recurrent.wgsl")).expect("recurrent.wgsl");
+        let module =
+            naga::front::wgsl::parse_str(&source).unwrap_or_else(|e| panic!("{file}: {e}"));
+        let host = [
+            ("GATES", cell.gates()),
+            ("SAVED", cell.gpu_saved_per_unit()),
+            ("HAS_C", usize::from(cell.has_cell_state())),
+            ("GRAD_PLANES", cell.gate_gradient_planes()),
+        ];
+        for (name, value) in host {
+            assert_eq!(constant(&module, name), value, "{file}: {name}");
+        }
+    }
+}
