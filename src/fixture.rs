@@ -66,7 +66,7 @@ impl<F: Scalar> Fixture<F> {
         let has_h0 = metadata.bool("has_h0")?;
         let layout = metadata.string("layout")?;
         if layout != SEQ_MAJOR {
-            return Err(RnnError::Metadata(format!(
+            return Err(metadata_error(format!(
                 "key `layout` is `{layout}`, only `{SEQ_MAJOR}` is supported"
             )));
         }
@@ -178,19 +178,19 @@ impl Metadata {
         let raw = self
             .0
             .get(key)
-            .ok_or_else(|| RnnError::Metadata(format!("missing key `{key}`")))?;
+            .ok_or_else(|| metadata_error(format!("missing key `{key}`")))?;
         serde_json::from_str(raw)
-            .map_err(|e| RnnError::Metadata(format!("key `{key}`: `{raw}` is not JSON: {e}")))
+            .map_err(|e| metadata_error(format!("key `{key}`: `{raw}` is not JSON: {e}")))
     }
 
     fn invalid(key: &str, value: &Value, expected: &str) -> RnnError {
-        RnnError::Metadata(format!("key `{key}` is {value}, expected {expected}"))
+        metadata_error(format!("key `{key}` is {value}, expected {expected}"))
     }
 
     fn usize(&self, key: &str) -> Result<usize> {
         let v = self.value(key)?;
         v.as_u64()
-            .map(|n| n as usize)
+            .and_then(|n| usize::try_from(n).ok())
             .ok_or_else(|| Self::invalid(key, &v, "a non-negative integer"))
     }
 
@@ -224,7 +224,7 @@ impl Metadata {
                 })?)
             }
             _ => {
-                return Err(RnnError::Metadata(format!(
+                return Err(metadata_error(format!(
                     "key `cell` is `{cell_name}`, expected rnn, lstm or gru"
                 )))
             }
@@ -236,6 +236,10 @@ impl Metadata {
         config.validate()?;
         Ok(config)
     }
+}
+
+fn metadata_error(message: String) -> RnnError {
+    RnnError::Metadata(format!("fixture metadata: {message}"))
 }
 
 /// Reads the `lengths` tensor (i64, (B)).
