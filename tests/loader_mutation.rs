@@ -4,7 +4,7 @@
 //! return `Ok` or `Err`: a panic fails the test, an abort kills it. A counting global allocator
 //! checks that no load holds more than a few times the file's size in memory.
 //!
-//! `WGPU_RNN_MUTATIONS=n` sets the mutations per file (default 1000); with
+//! `WGPU_RNN_MUTATIONS=n` sets the mutations per file (default 2000); with
 //! `WGPU_RNN_MUTATION_VERBOSE=1` each case is printed before it runs (to find one that aborts).
 
 mod bad_files;
@@ -142,6 +142,9 @@ fn mutate(rng: &mut StdRng, original: &[u8]) -> (String, Vec<u8>) {
 /// A hostile value in the metadata, also inside its JSON objects (checkpoint configs).
 fn metadata_mutation(rng: &mut StdRng, original: &[u8]) -> (String, Vec<u8>) {
     let (mut header, data) = bad_files::split(original);
+    if !header.contains_key("__metadata__") {
+        return table_mutation(rng, original);
+    }
     let metadata = header["__metadata__"].as_object_mut().unwrap();
     let keys: Vec<String> = metadata.keys().cloned().collect();
     let key = &keys[rng.random_range(0..keys.len())];
@@ -243,7 +246,7 @@ fn table_mutation(rng: &mut StdRng, original: &[u8]) -> (String, Vec<u8>) {
 fn run(label: &str, original: &[u8], seed: u64, load: impl Fn(&Path, bool) -> Result<()>) {
     let count: usize = std::env::var("WGPU_RNN_MUTATIONS")
         .map(|v| v.parse().expect("WGPU_RNN_MUTATIONS: a count"))
-        .unwrap_or(1000);
+        .unwrap_or(2000);
     let verbose = std::env::var_os("WGPU_RNN_MUTATION_VERBOSE").is_some();
     let dir = TempDir::new("mutation");
     let path = dir.path("m.safetensors");
@@ -258,7 +261,15 @@ fn run(label: &str, original: &[u8], seed: u64, load: impl Fn(&Path, bool) -> Re
             eprintln!("{label} #{i}: {what}");
         }
         std::fs::write(&path, &bytes).unwrap();
+        let started = Instant::now();
         let (result, peak) = peak_bytes(|| load(&path, i % 2 == 1));
+        if verbose {
+            eprintln!(
+                "  {:?} in {:?}",
+                result.as_ref().err().map(ToString::to_string),
+                started.elapsed()
+            );
+        }
         ok += usize::from(result.is_ok());
         let limit = allowed_bytes(bytes.len());
         assert!(

@@ -14,13 +14,20 @@ use wgpu_rnn::train::{
 };
 use wgpu_rnn::{CellKind, RnnConfig, RnnParams};
 
-/// A directory under the system's temporary one, removed with everything in it on drop.
+/// A temporary directory (in /dev/shm where it exists: thousands of small writes to a disk
+/// are slow), removed with everything in it on drop.
 pub struct TempDir(pub PathBuf);
 
 impl TempDir {
     pub fn new(label: &str) -> Self {
         static COUNT: AtomicUsize = AtomicUsize::new(0);
-        let dir = std::env::temp_dir().join(format!(
+        let shm = Path::new("/dev/shm");
+        let root = if shm.is_dir() {
+            shm.to_path_buf()
+        } else {
+            std::env::temp_dir()
+        };
+        let dir = root.join(format!(
             "wgpu_rnn_{label}_{}_{}",
             std::process::id(),
             COUNT.fetch_add(1, Ordering::Relaxed)
