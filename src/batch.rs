@@ -4,7 +4,7 @@ use crate::config::RnnConfig;
 use crate::error::{check_shape, Result, RnnError};
 use crate::params::RnnParams;
 use crate::scalar::Scalar;
-use ndarray::{Array3, ArrayView3};
+use ndarray::{Array3, ArrayView, ArrayView3, Dimension};
 
 /// One forward call's inputs. Layout (T, B, I), or (B, T, I) when `config.batch_first`.
 #[derive(Clone, Debug)]
@@ -109,9 +109,12 @@ fn seq_and_batch(config: &RnnConfig, dim: (usize, usize, usize)) -> (usize, usiz
     }
 }
 
-/// Returns an error naming the first NaN or infinity in `a`.
-fn check_finite<F: Scalar>(tensor: &str, a: &ArrayView3<'_, F>) -> Result<()> {
-    match a.iter().position(|v| !v.is_finite()) {
+/// Returns an error naming the first NaN or infinity in `a` (any dimension).
+pub fn check_finite<'a, F: Scalar, D: Dimension>(
+    tensor: &str,
+    a: impl Into<ArrayView<'a, F, D>>,
+) -> Result<()> {
+    match a.into().iter().position(|v| !v.is_finite()) {
         Some(index) => Err(RnnError::NonFinite {
             tensor: tensor.to_string(),
             index,
@@ -120,7 +123,7 @@ fn check_finite<F: Scalar>(tensor: &str, a: &ArrayView3<'_, F>) -> Result<()> {
     }
 }
 
-/// Checks that `params` has every tensor of its config in the right shape.
+/// Checks that `params` has every tensor of its config in the right shape, all values finite.
 pub fn check_params<F: Scalar>(params: &RnnParams<F>) -> Result<()> {
     let config = &params.config;
     config.validate()?;
@@ -137,19 +140,20 @@ pub fn check_params<F: Scalar>(params: &RnnParams<F>) -> Result<()> {
         let (layer, dir) = (i / d, i % d);
         let name = |kind| crate::params::param_name(kind, layer, dir);
         use crate::params::ParamKind;
-        check_shape(
-            &name(ParamKind::WeightIh),
-            &[rows, config.layer_input_size(layer)],
-            p.w_ih.shape(),
-        )?;
-        check_shape(
-            &name(ParamKind::WeightHh),
-            &[rows, config.hidden_size],
-            p.w_hh.shape(),
-        )?;
+        let input = config.layer_input_size(layer);
+        for (kind, w, columns) in [
+            (ParamKind::WeightIh, &p.w_ih, input),
+            (ParamKind::WeightHh, &p.w_hh, config.hidden_size),
+        ] {
+            check_shape(&name(kind), &[rows, columns], w.shape())?;
+            check_finite(&name(kind), w)?;
+        }
         for (kind, bias) in [(ParamKind::BiasIh, &p.b_ih), (ParamKind::BiasHh, &p.b_hh)] {
             match (config.bias, bias) {
-                (true, Some(b)) => check_shape(&name(kind), &[rows], b.shape())?,
+                (true, Some(b)) => {
+                    check_shape(&name(kind), &[rows], b.shape())?;
+                    check_finite(&name(kind), b)?;
+                }
                 (true, None) => return Err(RnnError::MissingTensor(name(kind))),
                 (false, Some(_)) => return Err(RnnError::UnexpectedTensor(name(kind))),
                 (false, None) => {}

@@ -34,9 +34,20 @@ pub enum RnnError {
         expected: String,
         got: String,
     },
-    /// A fixture file's metadata is missing or unknown.
-    #[error("fixture metadata: {0}")]
+    /// A file's metadata (fixture keys, checkpoint configuration) is missing or invalid; the
+    /// message names the file kind and the key.
+    #[error("{0}")]
     Metadata(String),
+    /// A stored value cannot be represented in the requested type (an integer beyond the
+    /// float's exact range, a float beyond its range).
+    #[error("tensor `{tensor}` of dtype {dtype}: value {value} at flat index {index} cannot be represented in {target}")]
+    Conversion {
+        tensor: String,
+        dtype: String,
+        target: String,
+        index: usize,
+        value: String,
+    },
     /// A safetensors file could not be parsed or written.
     #[error("{path}: safetensors: {source}")]
     SafeTensors {

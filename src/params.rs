@@ -62,10 +62,103 @@ pub fn param_name(kind: ParamKind, layer: usize, direction: usize) -> String {
     format!("{}_l{layer}{suffix}", kind.prefix())
 }
 
+/// The number of scalar parameters of `config`, in checked arithmetic: an error naming the
+/// sizes when it does not fit in memory's address range.
+pub fn param_count(config: &RnnConfig) -> Result<usize> {
+    config.validate()?;
+    let too_large = || {
+        RnnError::Config(format!(
+            "input_size {}, hidden_size {}, num_layers {}: the parameters' size overflows",
+            config.input_size, config.hidden_size, config.num_layers
+        ))
+    };
+    let rows = config
+        .cell
+        .gates()
+        .checked_mul(config.hidden_size)
+        .ok_or_else(too_large)?;
+    let mut total = 0usize;
+    for layer in [0, 1].into_iter().take(config.num_layers) {
+        let input = layer_input_checked(config, layer).ok_or_else(too_large)?;
+        let per_direction = input
+            .checked_add(config.hidden_size)
+            .and_then(|n| n.checked_add(if config.bias { 2 } else { 0 }))
+            .and_then(|n| n.checked_mul(rows))
+            .and_then(|n| n.checked_mul(config.num_directions()))
+            .ok_or_else(too_large)?;
+        let layers = if layer == 0 { 1 } else { config.num_layers - 1 };
+        total = per_direction
+            .checked_mul(layers)
+            .and_then(|n| n.checked_add(total))
+            .ok_or_else(too_large)?;
+    }
+    let bytes = total.checked_mul(std::mem::size_of::<f64>());
+    if bytes.is_none_or(|b| b > isize::MAX as usize) {
+        return Err(too_large());
+    }
+    Ok(total)
+}
+
+/// [`RnnConfig::layer_input_size`] in checked arithmetic.
+fn layer_input_checked(config: &RnnConfig, layer: usize) -> Option<usize> {
+    if layer == 0 {
+        Some(config.input_size)
+    } else {
+        config.hidden_size.checked_mul(config.num_directions())
+    }
+}
+
+/// Every tensor's torch name and shape under `config`, in state_dict order, produced lazily:
+/// a config read from a file is compared with the file's tensors one by one, so a huge layer
+/// count stops at the first missing tensor. Call [`param_count`] first (it checks the sizes).
+pub fn param_shapes(config: &RnnConfig) -> impl Iterator<Item = (String, Vec<usize>)> {
+    let (d, rows, hidden) = (
+        config.num_directions(),
+        config.gate_rows(),
+        config.hidden_size,
+    );
+    let first_input = config.input_size;
+    let kinds = if config.bias { 4 } else { 2 };
+    (0..config.num_layers).flat_map(move |layer| {
+        let input = if layer == 0 { first_input } else { d * hidden };
+        (0..d).flat_map(move |dir| {
+            ParamKind::ALL[..kinds].iter().map(move |&kind| {
+                let shape = match kind {
+                    ParamKind::WeightIh => vec![rows, input],
+                    ParamKind::WeightHh => vec![rows, hidden],
+                    ParamKind::BiasIh | ParamKind::BiasHh => vec![rows],
+                };
+                (param_name(kind, layer, dir), shape)
+            })
+        })
+    })
+}
+
+/// Checks `tensors` against `expected` (name, shape) pairs: a missing, misshaped or extra
+/// tensor is an error naming it. Nothing is allocated beyond the names it matched, so an
+/// `expected` derived from a hostile config costs no more than the tensors at hand.
+pub fn check_named_shapes<F>(
+    expected: impl IntoIterator<Item = (String, Vec<usize>)>,
+    tensors: &HashMap<String, ArrayD<F>>,
+) -> Result<()> {
+    let mut matched = std::collections::HashSet::new();
+    for (name, shape) in expected {
+        let tensor = tensors
+            .get(&name)
+            .ok_or_else(|| RnnError::MissingTensor(name.clone()))?;
+        check_shape(&name, &shape, tensor.shape())?;
+        matched.insert(name);
+    }
+    match tensors.keys().filter(|k| !matched.contains(*k)).min() {
+        Some(extra) => Err(RnnError::UnexpectedTensor(extra.clone())),
+        None => Ok(()),
+    }
+}
+
 impl<F: Scalar> RnnParams<F> {
     /// All-zero parameters of the right shapes (e.g. to accumulate gradients).
     pub fn zeros(config: &RnnConfig) -> Result<Self> {
-        config.validate()?;
+        param_count(config)?;
         let rows = config.gate_rows();
         let h = config.hidden_size;
         let layers = (0..config.num_layers * config.num_directions())
@@ -96,9 +189,20 @@ impl<F: Scalar> RnnParams<F> {
         Ok(params)
     }
 
-    /// Parameters of `layer` in `direction` (0 forward, 1 reverse).
-    pub fn layer(&self, layer: usize, direction: usize) -> &LayerParams<F> {
-        &self.layers[layer * self.config.num_directions() + direction]
+    /// Parameters of `layer` in `direction` (0 forward, 1 reverse); an error outside the config.
+    pub fn layer(&self, layer: usize, direction: usize) -> Result<&LayerParams<F>> {
+        let d = self.config.num_directions();
+        let index = (layer < self.config.num_layers && direction < d)
+            .then(|| layer * d + direction)
+            .and_then(|i| self.layers.get(i));
+        index.ok_or_else(|| {
+            RnnError::Config(format!(
+                "layer {layer}, direction {direction} is outside {} layers × {d} directions \
+                 ({} held)",
+                self.config.num_layers,
+                self.layers.len()
+            ))
+        })
     }
 
     /// Every tensor with its torch name, in torch's state_dict order.
@@ -146,43 +250,19 @@ impl<F: Scalar> RnnParams<F> {
         }
     }
 
-    /// Builds parameters from named tensors (torch state_dict). A missing, extra or misshaped
-    /// tensor is an error naming it.
+    /// Builds parameters from named tensors (torch state_dict). A missing, extra, misshaped or
+    /// non-finite tensor is an error naming it. The config's sizes are checked against the
+    /// tensors before anything of their size is allocated.
     pub fn from_named(config: &RnnConfig, tensors: &HashMap<String, ArrayD<F>>) -> Result<Self> {
+        param_count(config)?;
+        check_named_shapes(param_shapes(config), tensors)?;
         let mut params = Self::zeros(config)?;
-        let mut used = 0;
-        params.for_each_mut_checked(|name, mut target| {
-            let source = tensors
-                .get(name)
-                .ok_or_else(|| RnnError::MissingTensor(name.to_string()))?;
-            check_shape(name, target.shape(), source.shape())?;
-            target.assign(source);
-            used += 1;
-            Ok(())
-        })?;
-        if used != tensors.len() {
-            let known: Vec<String> = params.named().into_iter().map(|(n, _)| n).collect();
-            let mut extra: Vec<&String> = tensors.keys().filter(|k| !known.contains(k)).collect();
-            extra.sort();
-            return Err(RnnError::UnexpectedTensor(extra[0].clone()));
-        }
+        params.for_each_mut(|name, mut target| target.assign(&tensors[name]));
+        crate::batch::check_params(&params)?;
         Ok(params)
     }
 
-    fn for_each_mut_checked(
-        &mut self,
-        mut f: impl FnMut(&str, ArrayViewMutD<'_, F>) -> Result<()>,
-    ) -> Result<()> {
-        let mut result = Ok(());
-        self.for_each_mut(|name, a| {
-            if result.is_ok() {
-                result = f(name, a);
-            }
-        });
-        result
-    }
-
-    /// Loads a torch state_dict saved as safetensors (f32 or f64).
+    /// Loads a torch state_dict saved as safetensors (f32, f64, or i64 values exact in `F`).
     pub fn load_safetensors(config: &RnnConfig, path: impl AsRef<Path>) -> Result<Self> {
         let path = path.as_ref();
         let bytes = tensorfile::read_bytes(path)?;

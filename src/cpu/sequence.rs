@@ -146,7 +146,7 @@ impl<'a, F: Scalar> Direction<'a, F> {
     fn new(params: &'a RnnParams<F>, steps: &'a Steps<'a>, layer: usize, dir: usize) -> Self {
         Direction {
             cell: params.config.cell,
-            params: params.layer(layer, dir),
+            params: &params.layers[layer * params.config.num_directions() + dir],
             steps,
             reverse: dir == 1,
         }

@@ -10,7 +10,7 @@ use super::layers::Readout;
 use super::model::{ModelInput, SeqModel, SeqModelConfig};
 use super::optim::{AdamConfig, Optimizer, OptimizerConfig, SgdConfig};
 use crate::config::CellKind;
-use crate::error::{Result, RnnError};
+use crate::error::{check_shape, Result, RnnError};
 use crate::scalar::Scalar;
 use crate::tensorfile;
 use ndarray::{ArrayD, IxDyn};
@@ -61,26 +61,20 @@ pub fn load_checkpoint<F: Scalar>(path: impl AsRef<Path>) -> Result<(SeqModel<F>
     let field = |key: &str| -> Result<Value> {
         let text = metadata
             .get(key)
-            .ok_or_else(|| RnnError::Metadata(format!("checkpoint metadata lacks `{key}`")))?;
-        serde_json::from_str(text).map_err(|e| RnnError::Metadata(format!("`{key}`: {e}")))
+            .ok_or_else(|| metadata_error(format!("lacks `{key}`")))?;
+        serde_json::from_str(text).map_err(|e| metadata_error(format!("`{key}`: {e}")))
     };
     let step = field("step")?
         .as_u64()
-        .ok_or_else(|| RnnError::Metadata("`step` is not an unsigned integer".into()))?;
+        .ok_or_else(|| metadata_error("`step` is not an unsigned integer".into()))?;
     let config = parse_model_config(&field("model")?)?;
     let optimizer_config = parse_optimizer(&field("optimizer")?)?;
     let file = tensorfile::parse(path, &bytes)?;
-    let mut all: HashMap<String, ArrayD<F>> = tensorfile::all_arrays(&file)?;
-    let mut optim_tensors = HashMap::new();
-    all.retain(|name, a| match name.strip_prefix("optim.") {
-        Some(rest) => {
-            optim_tensors.insert(rest.to_string(), a.clone());
-            false
-        }
-        None => true,
-    });
-    let model = SeqModel::from_named(&config, &all)?;
-    let names = model.tensor_names();
+    let (mut optim_tensors, model_tensors): (HashMap<String, ArrayD<F>>, _) =
+        tensorfile::all_arrays(&file)?
+            .into_iter()
+            .partition(|(name, _)| name.starts_with("optim."));
+    let model = SeqModel::from_named(&config, &model_tensors)?;
     let mut optimizer = Optimizer::new(optimizer_config, &model.tensor_lens())?;
     optimizer.step = step;
     for (buffer, states) in optimizer_config
@@ -88,23 +82,17 @@ pub fn load_checkpoint<F: Scalar>(path: impl AsRef<Path>) -> Result<(SeqModel<F>
         .iter()
         .zip(&mut optimizer.state)
     {
-        for (name, state) in names.iter().zip(states.iter_mut()) {
-            let key = format!("{buffer}.{name}");
+        for ((name, shape), state) in model.named().iter().zip(states.iter_mut()) {
+            let key = format!("optim.{buffer}.{name}");
             let a = optim_tensors
                 .remove(&key)
-                .ok_or_else(|| RnnError::MissingTensor(format!("optim.{key}")))?;
-            if a.len() != state.len() {
-                return Err(RnnError::shape(
-                    format!("optim.{key}"),
-                    &[state.len()],
-                    a.shape(),
-                ));
-            }
+                .ok_or_else(|| RnnError::MissingTensor(key.clone()))?;
+            check_shape(&key, shape.shape(), a.shape())?;
             state.iter_mut().zip(a.iter()).for_each(|(s, v)| *s = *v);
         }
     }
     if let Some(extra) = optim_tensors.keys().min() {
-        return Err(RnnError::UnexpectedTensor(format!("optim.{extra}")));
+        return Err(RnnError::UnexpectedTensor(extra.clone()));
     }
     Ok((model, optimizer))
 }
@@ -133,17 +121,17 @@ fn parse_model_config(v: &Value) -> Result<SeqModelConfig> {
     let usize_of = |v: &Value, key: &str| -> Result<usize> {
         v.get(key)
             .and_then(Value::as_u64)
-            .map(|n| n as usize)
-            .ok_or_else(|| RnnError::Metadata(format!("model config lacks integer `{key}`")))
+            .and_then(|n| usize::try_from(n).ok())
+            .ok_or_else(|| metadata_error(format!("`model` lacks integer `{key}`")))
     };
     let cell = CellKind::parse(
         v.get("cell")
             .and_then(Value::as_str)
-            .ok_or_else(|| RnnError::Metadata("model config lacks `cell`".into()))?,
+            .ok_or_else(|| metadata_error("`model` lacks `cell`".into()))?,
     )?;
     let input_value = v
         .get("input")
-        .ok_or_else(|| RnnError::Metadata("model config lacks `input`".into()))?;
+        .ok_or_else(|| metadata_error("`model` lacks `input`".into()))?;
     let input = if input_value.get("features").is_some() {
         ModelInput::Features(usize_of(input_value, "features")?)
     } else {
@@ -155,12 +143,12 @@ fn parse_model_config(v: &Value) -> Result<SeqModelConfig> {
     let readout = match v.get("readout").and_then(Value::as_str) {
         Some("every_step") => Readout::EveryStep,
         Some("last_step") => Readout::LastStep,
-        other => return Err(RnnError::Metadata(format!("unknown readout {other:?}"))),
+        other => return Err(metadata_error(format!("unknown readout {other:?}"))),
     };
     let dropout = v
         .get("dropout")
         .and_then(Value::as_f64)
-        .ok_or_else(|| RnnError::Metadata("model config lacks `dropout`".into()))?;
+        .ok_or_else(|| metadata_error("`model` lacks `dropout`".into()))?;
     Ok(SeqModelConfig {
         cell,
         input,
@@ -185,7 +173,7 @@ fn parse_optimizer(v: &Value) -> Result<OptimizerConfig> {
     let f = |key: &str| -> Result<f64> {
         v.get(key)
             .and_then(Value::as_f64)
-            .ok_or_else(|| RnnError::Metadata(format!("optimizer config lacks `{key}`")))
+            .ok_or_else(|| metadata_error(format!("`optimizer` lacks `{key}`")))
     };
     match v.get("kind").and_then(Value::as_str) {
         Some("sgd") => Ok(OptimizerConfig::Sgd(SgdConfig {
@@ -201,6 +189,10 @@ fn parse_optimizer(v: &Value) -> Result<OptimizerConfig> {
             eps: f("eps")?,
             weight_decay: f("weight_decay")?,
         })),
-        other => Err(RnnError::Metadata(format!("unknown optimizer {other:?}"))),
+        other => Err(metadata_error(format!("unknown optimizer {other:?}"))),
     }
+}
+
+fn metadata_error(message: String) -> RnnError {
+    RnnError::Metadata(format!("checkpoint metadata: {message}"))
 }

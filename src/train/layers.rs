@@ -181,7 +181,20 @@ impl Readout {
         b: usize,
     ) -> Result<Array3<F>> {
         let width = grad_rows.ncols();
-        let rows = self.rows(t, b);
+        let rows = match self {
+            Readout::EveryStep => t.checked_mul(b),
+            Readout::LastStep => Some(b),
+        };
+        let size = t
+            .checked_mul(b)
+            .and_then(|n| n.checked_mul(width))
+            .and_then(|n| n.checked_mul(std::mem::size_of::<F>()))
+            .filter(|&bytes| bytes <= isize::MAX as usize);
+        let (Some(rows), Some(_), true) = (rows, size, t > 0) else {
+            return Err(RnnError::Config(format!(
+                "cannot scatter readout rows into a (T, B) = ({t}, {b}) sequence"
+            )));
+        };
         check_shape("grad_selected_rows", &[rows, width], grad_rows.shape())?;
         match self {
             Readout::EveryStep => {

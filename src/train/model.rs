@@ -10,11 +10,11 @@
 use super::dropout::Dropout;
 use super::layers::{Embedding, Linear, Readout};
 use super::loss::{cross_entropy, mse, LossGrad};
-use crate::batch::{SequenceBatch, UpstreamGrads};
+use crate::batch::{check_finite, SequenceBatch, UpstreamGrads};
 use crate::config::{CellKind, RnnConfig};
 use crate::cpu;
 use crate::error::{check_shape, Result, RnnError};
-use crate::params::RnnParams;
+use crate::params::{check_named_shapes, param_count, param_shapes, RnnParams};
 use crate::scalar::Scalar;
 use ndarray::{Array2, Array3, ArrayD, ArrayView2, ArrayView3};
 use std::collections::HashMap;
@@ -75,7 +75,47 @@ impl SeqModelConfig {
                 "vocabulary must hold at least one symbol".into(),
             ));
         }
-        self.rnn_config().validate()
+        self.param_count().map(|_| ())
+    }
+
+    /// The number of scalar parameters, in checked arithmetic: an error naming the sizes when
+    /// it does not fit in memory's address range.
+    fn param_count(&self) -> Result<usize> {
+        let rnn = param_count(&self.rnn_config())?;
+        let embedding = match self.input {
+            ModelInput::Tokens { vocab, dim } => vocab.checked_mul(dim),
+            ModelInput::Features(_) => Some(0),
+        };
+        let linear = self.outputs.checked_mul(self.hidden + 1);
+        [embedding, linear]
+            .into_iter()
+            .try_fold(rnn, |total, n| total.checked_add(n?))
+            .filter(|&n| n <= isize::MAX as usize / std::mem::size_of::<f64>())
+            .ok_or_else(|| {
+                RnnError::Config(format!(
+                    "input {:?}, hidden {}, outputs {}: the model's size overflows",
+                    self.input, self.hidden, self.outputs
+                ))
+            })
+    }
+
+    /// Every tensor's name and shape, in [`SeqModel::named`] order, produced lazily (see
+    /// [`param_shapes`]); call after `validate`, which checks the sizes.
+    fn tensor_shapes(&self) -> impl Iterator<Item = (String, Vec<usize>)> {
+        let embedding = match self.input {
+            ModelInput::Tokens { vocab, dim } => {
+                Some(("embedding.weight".into(), vec![vocab, dim]))
+            }
+            ModelInput::Features(_) => None,
+        };
+        let linear = [
+            ("linear.weight".into(), vec![self.outputs, self.hidden]),
+            ("linear.bias".into(), vec![self.outputs]),
+        ];
+        embedding
+            .into_iter()
+            .chain(param_shapes(&self.rnn_config()))
+            .chain(linear)
     }
 }
 
@@ -158,6 +198,7 @@ impl<F: Scalar> SeqModel<F> {
     /// `bias_ih`) is set to `bias` and b_hf to 0, so the forget gate starts at ≈ σ(bias) and the
     /// cell state keeps its gradient over more steps. An error for other cells or no biases.
     pub fn set_forget_bias(&mut self, bias: f64) -> Result<()> {
+        self.validate()?;
         if self.config.cell != CellKind::Lstm {
             return Err(RnnError::Config(format!(
                 "a forget-gate bias needs an LSTM, this model has {:?} cells",
@@ -262,34 +303,27 @@ impl<F: Scalar> SeqModel<F> {
     }
 
     /// Builds a model of `config` from named tensors (see [`SeqModel::named`]); a missing,
-    /// extra or misshaped tensor is an error naming it.
+    /// extra, misshaped or non-finite tensor is an error naming it. The config's sizes are
+    /// checked against the tensors before anything of their size is allocated.
     pub fn from_named(
         config: &SeqModelConfig,
         tensors: &HashMap<String, ArrayD<F>>,
     ) -> Result<Self> {
+        config.validate()?;
+        check_named_shapes(config.tensor_shapes(), tensors)?;
         let mut model = Self::init(config, 0)?;
         let names = model.tensor_names();
-        if let Some(extra) = tensors.keys().filter(|k| !names.contains(k)).min() {
-            return Err(RnnError::UnexpectedTensor(extra.clone()));
-        }
-        let shapes: Vec<Vec<usize>> = model
-            .named()
-            .iter()
-            .map(|(_, a)| a.shape().to_vec())
-            .collect();
-        for ((name, shape), target) in names.iter().zip(&shapes).zip(model.tensors_mut()) {
-            let source = tensors
-                .get(name)
-                .ok_or_else(|| RnnError::MissingTensor(name.clone()))?;
-            check_shape(name, shape, source.shape())?;
-            for (t, s) in target.iter_mut().zip(source.iter()) {
+        for (name, target) in names.iter().zip(model.tensors_mut()) {
+            for (t, s) in target.iter_mut().zip(tensors[name].iter()) {
                 *t = *s;
             }
         }
+        model.validate()?;
         Ok(model)
     }
 
-    /// Checks every tensor's shape against the config and that it is in standard layout.
+    /// Checks every tensor's shape against the config, that its values are finite and that it
+    /// is in standard layout.
     pub fn validate(&self) -> Result<()> {
         self.config.validate()?;
         if self.rnn.len() != self.config.layers {
@@ -311,7 +345,8 @@ impl<F: Scalar> SeqModel<F> {
         }
         match (self.config.input, &self.embedding) {
             (ModelInput::Tokens { vocab, dim }, Some(e)) => {
-                check_shape("embedding.weight", &[vocab, dim], e.weight.shape())?
+                check_shape("embedding.weight", &[vocab, dim], e.weight.shape())?;
+                check_finite("embedding.weight", &e.weight)?;
             }
             (ModelInput::Features(_), None) => {}
             (ModelInput::Tokens { .. }, None) => {
@@ -331,6 +366,8 @@ impl<F: Scalar> SeqModel<F> {
             &[self.config.outputs],
             self.linear.bias.shape(),
         )?;
+        check_finite("linear.weight", &self.linear.weight)?;
+        check_finite("linear.bias", &self.linear.bias)?;
         let standard = self.embedding.iter().all(|e| e.weight.is_standard_layout())
             && self.rnn.iter().flat_map(|p| &p.layers).all(|l| {
                 l.w_ih.is_standard_layout()

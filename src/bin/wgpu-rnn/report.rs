@@ -201,7 +201,7 @@ fn finite(v: f64) -> Value {
 pub(crate) fn write_json(path: &Path, value: &Value) -> Result<()> {
     let text = serde_json::to_string_pretty(value)
         .map_err(|e| RnnError::io(path, std::io::Error::other(e)))?;
-    std::fs::write(path, text).map_err(|e| RnnError::io(path, e))
+    wgpu_rnn::tensorfile::write_atomic(path, text.as_bytes())
 }
 
 /// The font family every plot uses: DejaVu Sans, compiled in once for all plots.
@@ -219,10 +219,25 @@ pub(crate) fn register_font() -> std::result::Result<(), String> {
         .clone()
 }
 
-/// Draws named (x, y) series as lines; with `log_y` the y values are plotted as log10.
-/// Non-finite points are skipped.
+/// Draws named (x, y) series as lines into a PNG at `path`, saved atomically; with `log_y` the
+/// y values are plotted as log10. Non-finite points are skipped.
 pub(crate) fn plot_lines(
     path: &Path,
+    title: &str,
+    x_label: &str,
+    y_label: &str,
+    series: &[(String, Vec<(f64, f64)>)],
+    log_y: bool,
+) -> Result<()> {
+    wgpu_rnn::tensorfile::save_atomic(path, |tmp| {
+        draw_lines(path, tmp, title, x_label, y_label, series, log_y)
+    })
+}
+
+/// [`plot_lines`] drawing into `target`; errors name `path`.
+fn draw_lines(
+    path: &Path,
+    target: &Path,
     title: &str,
     x_label: &str,
     y_label: &str,
@@ -259,7 +274,7 @@ pub(crate) fn plot_lines(
     let pad = ((y1 - y0) * 0.05).max(1e-3);
     let (y0, y1) = (y0 - pad, y1 + pad);
     let x1 = if x1 > x0 { x1 } else { x0 + 1.0 };
-    let root = BitMapBackend::new(path, (900, 540)).into_drawing_area();
+    let root = BitMapBackend::new(target, (900, 540)).into_drawing_area();
     root.fill(&WHITE).map_err(|e| fail(&e))?;
     let mut chart = ChartBuilder::on(&root)
         .caption(title, (FONT, 22))

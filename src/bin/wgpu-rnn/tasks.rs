@@ -30,6 +30,15 @@ pub fn adding_batch<F: Scalar>(
             "the adding problem needs seq_len ≥ 2 and batch ≥ 1, got {seq_len} and {batch}"
         )));
     }
+    if seq_len
+        .checked_mul(batch)
+        .and_then(|n| n.checked_mul(2 * std::mem::size_of::<F>()))
+        .is_none_or(|bytes| bytes > isize::MAX as usize)
+    {
+        return Err(RnnError::Config(format!(
+            "the adding problem's inputs of seq_len {seq_len} × batch {batch} overflow"
+        )));
+    }
     let mut rng = batch_rng(seed, index);
     let mut inputs = Array3::zeros((seq_len, batch, 2));
     let mut targets = Array2::zeros((batch, 1));
@@ -138,7 +147,8 @@ impl CharCorpus {
     }
 
     fn check_window(&self, ids: &[usize], seq_len: usize, batch: usize) -> Result<()> {
-        if seq_len == 0 || batch == 0 || ids.len() <= seq_len * batch {
+        let fits = seq_len.checked_mul(batch).is_some_and(|n| n < ids.len());
+        if seq_len == 0 || batch == 0 || !fits {
             return Err(RnnError::Config(format!(
                 "cannot cut {batch} windows of {seq_len} characters from {} characters",
                 ids.len()
