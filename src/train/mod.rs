@@ -1,7 +1,7 @@
 //! Training around the RNN: embedding and output layers, losses, dropout, gradient clipping,
 //! optimizers, checkpoints, the demonstration tasks (adding problem, character LM) and the
 //! gradient-flow study. CPU reference generic over f32/f64; the fused WGSL kernels for the
-//! loss, dropout, clipping and optimizer updates are in [`gpu`] (`shaders/train.wgsl`).
+//! loss, dropout, clipping and optimizer updates are in [`gpu`] (one `shaders/*.wgsl` per family).
 
 pub mod checkpoint;
 pub mod clip;
