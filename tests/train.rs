@@ -7,11 +7,9 @@ mod common;
 use common::{f64s, rel_err};
 use ndarray::{Array2, Array3};
 use rand::{RngExt, SeedableRng};
-use wgpu_rnn::gpu::GpuTensor;
-use wgpu_rnn::train::gpu::{
-    record_clip_grad_norm, record_clip_grad_value, record_dropout, record_softmax_cross_entropy,
-    run_pass, upload_targets, GpuOptimizer, NormScratch,
-};
+use std::time::Instant;
+use wgpu_rnn::gpu::{GpuTensor, Recorder};
+use wgpu_rnn::train::gpu::{upload_targets, GpuOptimizer, NormScratch, TrainKernels};
 use wgpu_rnn::train::{
     clip_grad_norm, clip_grad_value, cross_entropy, dropout_hash, train_step, AdamConfig, Clip,
     Dropout, DropoutKey, GpuTrainer, Inputs, ModelInput, Optimizer, OptimizerConfig, Readout,
@@ -359,6 +357,7 @@ fn dropout_hash_is_a_spread_out_permutation_of_counters() {
 #[test]
 fn gpu_dropout_masks_are_bitwise_equal_to_cpu() {
     let Some(ctx) = common::gpu() else { return };
+    let kernels = TrainKernels::new(&ctx).unwrap();
     for (k, &n) in SIZES.iter().enumerate() {
         for p in [0.1f32, 0.5, 0.9] {
             let drop = Dropout::new(p).unwrap();
@@ -366,10 +365,11 @@ fn gpu_dropout_masks_are_bitwise_equal_to_cpu() {
             let mut expected = data.clone();
             drop.apply(&mut expected, 99, k as u32 + 1).unwrap();
             let x = GpuTensor::from_slice(&ctx, "x", &[n], &data).unwrap();
-            run_pass(&ctx, |pass| {
-                record_dropout(&ctx, pass, &x, &drop, 99, k as u32 + 1)
-            })
-            .unwrap();
+            let mut rec = Recorder::new(&ctx);
+            kernels
+                .record_dropout(&mut rec, &x, &drop, 99, k as u32 + 1)
+                .unwrap();
+            rec.submit().unwrap();
             let got = x.to_vec(&ctx).unwrap();
             let bad = got
                 .iter()
@@ -383,6 +383,7 @@ fn gpu_dropout_masks_are_bitwise_equal_to_cpu() {
 #[test]
 fn gpu_softmax_cross_entropy_matches_cpu() {
     let Some(ctx) = common::gpu() else { return };
+    let kernels = TrainKernels::new(&ctx).unwrap();
     for (rows, classes) in [(1, 1), (3, 33), (33, 257), (257, 3), (5, 1000)] {
         // Large logits check the max subtraction.
         let logits = random_vec(rows * classes, 60.0, rows as u64);
@@ -400,10 +401,11 @@ fn gpu_softmax_cross_entropy_matches_cpu() {
         let t = upload_targets(&ctx, &targets, classes).unwrap();
         let grad = GpuTensor::filled(&ctx, "grad", &[rows, classes], f32::NAN).unwrap();
         let loss = GpuTensor::filled(&ctx, "loss", &[rows], f32::NAN).unwrap();
-        run_pass(&ctx, |pass| {
-            record_softmax_cross_entropy(&ctx, pass, &z, &t, &grad, &loss)
-        })
-        .unwrap();
+        let mut rec = Recorder::new(&ctx);
+        kernels
+            .record_softmax_cross_entropy(&mut rec, &z, &t, &grad, &loss)
+            .unwrap();
+        rec.submit().unwrap();
         let row_loss = f64s(&loss.to_vec(&ctx).unwrap());
         let mean = row_loss.iter().sum::<f64>() / rows as f64;
         let g = f64s(&grad.to_vec(&ctx).unwrap());
@@ -428,6 +430,7 @@ fn gpu_softmax_cross_entropy_matches_cpu() {
 #[test]
 fn gpu_clipping_matches_cpu() {
     let Some(ctx) = common::gpu() else { return };
+    let kernels = TrainKernels::new(&ctx).unwrap();
     for (k, &n) in SIZES.iter().enumerate() {
         let g32 = f32s(&random_vec(n, 3.0, 100 + k as u64));
         // Norm clipping that does and does not engage.
@@ -436,10 +439,11 @@ fn gpu_clipping_matches_cpu() {
             let norm = clip_grad_norm(&mut [&mut cpu[..]], max_norm as f64).unwrap();
             let g = GpuTensor::from_slice(&ctx, "g", &[n], &g32).unwrap();
             let scratch = NormScratch::new(&ctx, n).unwrap();
-            run_pass(&ctx, |pass| {
-                record_clip_grad_norm(&ctx, pass, &g, max_norm, &scratch)
-            })
-            .unwrap();
+            let mut rec = Recorder::new(&ctx);
+            kernels
+                .record_clip_grad_norm(&mut rec, &g, max_norm, &scratch)
+                .unwrap();
+            rec.submit().unwrap();
             let result = scratch.result.to_vec(&ctx).unwrap();
             assert!(
                 ((result[0] - norm) / norm).abs() < 1e-5,
@@ -453,7 +457,9 @@ fn gpu_clipping_matches_cpu() {
         let mut cpu = g32.clone();
         clip_grad_value(&mut [&mut cpu[..]], 1.25).unwrap();
         let g = GpuTensor::from_slice(&ctx, "g", &[n], &g32).unwrap();
-        run_pass(&ctx, |pass| record_clip_grad_value(&ctx, pass, &g, 1.25)).unwrap();
+        let mut rec = Recorder::new(&ctx);
+        kernels.record_clip_grad_value(&mut rec, &g, 1.25).unwrap();
+        rec.submit().unwrap();
         assert_eq!(
             g.to_vec(&ctx).unwrap(),
             cpu,
@@ -465,6 +471,7 @@ fn gpu_clipping_matches_cpu() {
 #[test]
 fn gpu_optimizers_match_cpu() {
     let Some(ctx) = common::gpu() else { return };
+    let kernels = TrainKernels::new(&ctx).unwrap();
     let configs = [
         OptimizerConfig::Sgd(SgdConfig::new(0.05, 0.0)),
         OptimizerConfig::Sgd(SgdConfig {
@@ -492,7 +499,11 @@ fn gpu_optimizers_match_cpu() {
                     .step(&mut [&mut cpu_params[..]], &[&grads[..]])
                     .unwrap();
                 let g = GpuTensor::from_slice(&ctx, "grads", &[n], &grads).unwrap();
-                run_pass(&ctx, |pass| gpu_opt.record_step(&ctx, pass, &params, &g)).unwrap();
+                let mut rec = Recorder::new(&ctx);
+                gpu_opt
+                    .record_step(&mut rec, &kernels, &params, &g)
+                    .unwrap();
+                rec.submit().unwrap();
             }
             let got = f64s(&params.to_vec(&ctx).unwrap());
             let err = rel_err(&got, &f64s(&cpu_params));
@@ -609,7 +620,7 @@ fn gpu_resident_training_step_matches_cpu_step() {
                 "{cell:?} step {step}: update rel err {update_err:e}"
             );
         }
-        assert_eq!(trainer.steps(), 2);
+        assert_eq!(trainer.steps().unwrap(), 2);
         let gpu_opt = trainer.optimizer().unwrap();
         assert_eq!(gpu_opt.step, 2);
         for (name, (g, c)) in ["exp_avg", "exp_avg_sq"]

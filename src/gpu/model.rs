@@ -272,7 +272,7 @@ impl GpuGradients {
 
 /// What [`GpuRnn::backward`] needs from a [`GpuRnn::forward_train`] call, kept on the GPU:
 /// a copy of the input, every layer's output, all states (T + 1 slots) and the saved gate
-/// activations.
+/// activations. (A trainer's tape refers to the trainer's input instead of a copy.)
 ///
 /// It knows the context and the configuration of the model that recorded it: backward with a
 /// model of another cell, nonlinearity, size or context is an error naming both.
@@ -283,6 +283,8 @@ pub struct GpuTape {
     dims: Dims,
     /// (B) u32
     lengths: GpuTensor,
+    /// The layer-0 input (T, B, I) seq-major: the workspace's copy or the caller's tensor.
+    input: GpuTensor,
     forward: ForwardWorkspace,
 }
 
@@ -577,44 +579,26 @@ impl GpuRnn {
         sink: &mut Sink<'_>,
     ) -> Result<(GpuForwardOutput, GpuTape)> {
         let (t, b) = batch.validate(&self.config, &self.ctx)?;
-        let dims = Dims::new(&self.config, t, b);
         let ctx = &*self.ctx;
-        let lengths = match batch.lengths {
-            Some(lengths) => upload_lengths(ctx, lengths)?,
-            None => upload_lengths(ctx, &vec![t; b])?,
-        };
         let output_shape = self.config.sequence_shape(t, b, self.config.output_size());
         let output = output_tensor(ctx, "output", &output_shape, self.poison)?;
         let state = self.config.state_shape(b);
         let h_n = output_tensor(ctx, "h_n", &state, self.poison)?;
-        let c_n = dims
-            .has_c
+        let c_n = self
+            .config
+            .cell
+            .has_cell_state()
             .then(|| output_tensor(ctx, "c_n", &state, self.poison))
             .transpose()?;
-        let chunk = self.chunk_steps(&dims);
-        let ws = ForwardWorkspace::new(
-            ctx,
-            &dims,
+        let copy_input = layout == StateLayout::Sequence;
+        let final_states = Some((&h_n, c_n.as_ref()));
+        let tape = self.record_forward_call(
+            batch,
+            (t, b),
             layout,
-            chunk,
-            self.config.batch_first,
-            self.poison,
-        )?;
-        run_forward(
-            ctx,
-            &self.kernels,
-            &self.weights,
-            &dims,
-            ForwardIo {
-                input: batch.input,
-                output: &output,
-                h0: batch.h0,
-                c0: batch.c0,
-                h_n: &h_n,
-                c_n: c_n.as_ref(),
-                lengths: &lengths,
-            },
-            &ws,
+            copy_input,
+            &output,
+            final_states,
             sink,
         )?;
         let output = GpuForwardOutput {
@@ -624,14 +608,79 @@ impl GpuRnn {
             ctx: Arc::clone(&self.ctx),
             _recorded: Recorded::default(),
         };
-        let tape = GpuTape {
+        Ok((output, tape))
+    }
+
+    /// Training forward for a trainer, recorded into `sink`: returns the output and a tape that
+    /// refers to `input` itself (no copy: `input` must stay unchanged until backward); the
+    /// final states are not written.
+    pub(crate) fn record_forward_train_into(
+        &self,
+        input: &GpuTensor,
+        sink: &mut Sink<'_>,
+    ) -> Result<(GpuTensor, GpuTape)> {
+        let batch = GpuSequenceBatch::new(input);
+        let (t, b) = batch.validate(&self.config, &self.ctx)?;
+        let output_shape = self.config.sequence_shape(t, b, self.config.output_size());
+        let output = output_tensor(&self.ctx, "output", &output_shape, self.poison)?;
+        let layout = StateLayout::Sequence;
+        let tape = self.record_forward_call(&batch, (t, b), layout, false, &output, None, sink)?;
+        Ok((output, tape))
+    }
+
+    /// Records the forward pass of a validated `batch` of (T, B) = `tb` into `sink`, writing
+    /// `output` and, where given, the final states (h_n, c_n); returns its tape.
+    #[allow(clippy::too_many_arguments)]
+    fn record_forward_call(
+        &self,
+        batch: &GpuSequenceBatch<'_>,
+        (t, b): (usize, usize),
+        layout: StateLayout,
+        copy_input: bool,
+        output: &GpuTensor,
+        final_states: Option<(&GpuTensor, Option<&GpuTensor>)>,
+        sink: &mut Sink<'_>,
+    ) -> Result<GpuTape> {
+        let dims = Dims::new(&self.config, t, b);
+        let ctx = &*self.ctx;
+        let lengths = match batch.lengths {
+            Some(lengths) => upload_lengths(ctx, lengths)?,
+            None => upload_lengths(ctx, &vec![t; b])?,
+        };
+        let chunk = self.chunk_steps(&dims);
+        let ws = ForwardWorkspace::new(
+            ctx,
+            &dims,
+            layout,
+            chunk,
+            (self.config.batch_first, copy_input),
+            self.poison,
+        )?;
+        run_forward(
+            ctx,
+            &self.kernels,
+            &self.weights,
+            &dims,
+            ForwardIo {
+                input: batch.input,
+                output,
+                h0: batch.h0,
+                c0: batch.c0,
+                h_n: final_states.map(|(h_n, _)| h_n),
+                c_n: final_states.and_then(|(_, c_n)| c_n),
+                lengths: &lengths,
+            },
+            &ws,
+            sink,
+        )?;
+        Ok(GpuTape {
             context: ctx.id(),
             config: self.config.clone(),
             dims,
             lengths,
+            input: ws.seq_input.clone().unwrap_or_else(|| batch.input.clone()),
             forward: ws,
-        };
-        Ok((output, tape))
+        })
     }
 
     /// Backpropagation through time over `tape` (from [`GpuRnn::forward_train`] with the
@@ -738,7 +787,7 @@ impl GpuRnn {
                 d_h_n: grads.h_n,
                 d_c_n: grads.c_n,
                 d_input: &input,
-                d_h0: &h0,
+                d_h0: Some(&h0),
                 d_c0: c0.as_ref(),
                 params: params
                     .iter()
@@ -762,13 +811,15 @@ impl GpuRnn {
         })
     }
 
-    /// Backward over `tape`, submitted, writing the parameter gradients into `params` (a
-    /// trainer's views of its flat gradients); returns d loss / d input.
+    /// Backward over `tape`, recorded into `sink`, writing the parameter gradients into
+    /// `params` (a trainer's views of its flat gradients); returns d loss / d input. The
+    /// initial-state gradients are not written.
     pub(crate) fn backward_into(
         &self,
         tape: &GpuTape,
         grads: &GpuUpstreamGrads<'_>,
         params: Vec<LayerGradIo<'_>>,
+        sink: &mut Sink<'_>,
     ) -> Result<GpuTensor> {
         tape.check_model(&self.config, &self.ctx)?;
         let dims = tape.dims;
@@ -776,23 +827,17 @@ impl GpuRnn {
         let ctx = &*self.ctx;
         let input_shape = self.config.sequence_shape(dims.t, dims.b, dims.input);
         let input = output_tensor(ctx, "grad input", &input_shape, self.poison)?;
-        let state = self.config.state_shape(dims.b);
-        let h0 = GpuTensor::pooled(ctx, "grad h0", &state)?;
-        let c0 = dims
-            .has_c
-            .then(|| GpuTensor::pooled(ctx, "grad c0", &state))
-            .transpose()?;
         let io = BackwardIo {
             d_output: grads.output,
             d_h_n: grads.h_n,
             d_c_n: grads.c_n,
             d_input: &input,
-            d_h0: &h0,
-            d_c0: c0.as_ref(),
+            d_h0: None,
+            d_c0: None,
             params,
         };
         self.ctx.scoped("backward", || {
-            self.record_backward_into(tape, grads, io, &mut Sink::Submit)
+            self.record_backward_into(tape, grads, io, sink)
         })?;
         Ok(input)
     }
@@ -808,17 +853,13 @@ impl GpuRnn {
     ) -> Result<()> {
         let dims = tape.dims;
         let ws = BackwardWorkspace::new(&self.ctx, &dims, self.config.batch_first, self.poison)?;
-        let tape_input =
-            tape.forward.seq_input.as_ref().ok_or_else(|| {
-                RnnError::Config("backward needs the tape of forward_train".into())
-            })?;
         debug_assert!(std::ptr::eq(io.d_output, grads.output));
         run_backward(
             &self.ctx,
             &self.kernels,
             &self.weights,
             &dims,
-            tape_input,
+            &tape.input,
             &tape.lengths,
             &tape.forward,
             io,
@@ -956,7 +997,8 @@ impl GpuStream {
         let output = GpuTensor::pooled(ctx, "stream output", &[k, b, self.config.hidden_size])?;
         let lengths = upload_lengths(ctx, &vec![k; b])?;
         let chunk = self.time_chunk.unwrap_or(MAX_CHUNK_STEPS);
-        let ws = ForwardWorkspace::new(ctx, &dims, StateLayout::PingPong, chunk, false, false)?;
+        let no_copy = (false, false);
+        let ws = ForwardWorkspace::new(ctx, &dims, StateLayout::PingPong, chunk, no_copy, false)?;
         run_forward(
             ctx,
             &self.kernels,
@@ -967,7 +1009,7 @@ impl GpuStream {
                 output: &output,
                 h0: Some(&self.h),
                 c0: self.c.as_ref(),
-                h_n: &self.h,
+                h_n: Some(&self.h),
                 c_n: self.c.as_ref(),
                 lengths: &lengths,
             },

@@ -113,4 +113,22 @@ param_structs! {
     TransposeParams in "util.wgsl" { a: u32, b: u32, f: u32 }
     /// util.wgsl f32 rows to f16 pairs.
     PackParams in "util.wgsl" { rows: u32, cols: u32 }
+    /// cross_entropy.wgsl fused softmax cross-entropy.
+    CeParams in "cross_entropy.wgsl" { rows: u32, classes: u32, inv_rows: f32 }
+    /// mse.wgsl squared errors and their gradient.
+    MseParams in "mse.wgsl" { count: u32, inv_count: f32 }
+    /// dropout.wgsl masks.
+    DropoutParams in "dropout.wgsl" {
+        len: u32, seed: u32, stream: u32, threshold: u32, scale: f32,
+    }
+    /// clip.wgsl gradient norm and clipping.
+    ClipParams in "clip.wgsl" { len: u32, partials: u32, limit: f32 }
+    /// optim.wgsl guard and optimizer updates.
+    OptimParams in "optim.wgsl" {
+        len: u32, momentum: f32, lr: f32, keep: f32, weight_decay: f32,
+        beta2: f32, w2: f32, eps: f32, corrections: u32,
+        loss_scale: f32, log_slot: u32,
+    }
+    /// embedding.wgsl lookup and gradient.
+    EmbeddingParams in "embedding.wgsl" { positions: u32, dim: u32, vocab: u32, offset: u32 }
 }

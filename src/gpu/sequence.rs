@@ -174,7 +174,7 @@ impl StateLayout {
 pub(crate) struct ForwardWorkspace {
     pub layout: StateLayout,
     /// The layer-0 input (T, B, I) seq-major, when the caller's is not usable as is: a transposed
-    /// batch-first input, or (training) a copy the tape owns.
+    /// batch-first input, or a copy the tape owns (`copy_input`).
     pub seq_input: Option<GpuTensor>,
     /// The top layer's output (T, B, D·H) seq-major before its transpose to batch-first.
     pub seq_output: Option<GpuTensor>,
@@ -234,13 +234,14 @@ fn expect_len(t: &GpuTensor, len: usize) -> Result<()> {
 impl ForwardWorkspace {
     /// Takes every buffer from the pool up front, so that what does not fit is an error before
     /// encoding. `chunk` (at least 1) is the number of time steps per input-projection chunk;
-    /// training (the sequence layout) projects all T steps at once.
+    /// training (the sequence layout) projects all T steps at once. `copy_input`: keep a copy
+    /// of the input (a tape that must not depend on the caller's tensor).
     pub fn new(
         ctx: &GpuContext,
         dims: &Dims,
         layout: StateLayout,
         chunk: usize,
-        batch_first: bool,
+        (batch_first, copy_input): (bool, bool),
         poison: bool,
     ) -> Result<Self> {
         let ld = dims.layers * dims.directions;
@@ -261,7 +262,7 @@ impl ForwardWorkspace {
             dims.directions * dims.h,
         ];
         let input_shape = [dims.t, dims.b, dims.input];
-        let seq_input = (batch_first || training)
+        let seq_input = (batch_first || copy_input)
             .then(|| GpuTensor::pooled(ctx, "input (T, B, I)", &input_shape))
             .transpose()?;
         let seq_output = batch_first
@@ -338,13 +339,14 @@ impl ForwardWorkspace {
 }
 
 /// What a forward pass reads and writes: input and output in the model's layout, (T, B, ·) or
-/// (B, T, ·) when batch_first, the states (L·D, B, H) and the lengths (B) u32.
+/// (B, T, ·) when batch_first, the states (L·D, B, H) (final states only where given) and the
+/// lengths (B) u32.
 pub(crate) struct ForwardIo<'a> {
     pub input: &'a GpuTensor,
     pub output: &'a GpuTensor,
     pub h0: Option<&'a GpuTensor>,
     pub c0: Option<&'a GpuTensor>,
-    pub h_n: &'a GpuTensor,
+    pub h_n: Option<&'a GpuTensor>,
     pub c_n: Option<&'a GpuTensor>,
     pub lengths: &'a GpuTensor,
 }
@@ -500,7 +502,9 @@ pub(crate) fn run_forward(
         }
         if c + 1 == chunks {
             let last = ws.layout.final_slot(dims, d) * bh;
-            rec.copy(h_states, last, io.h_n, ld * bh, bh)?;
+            if let Some(h_n) = io.h_n {
+                rec.copy(h_states, last, h_n, ld * bh, bh)?;
+            }
             if let (Some(c_n), true) = (io.c_n, dims.has_c) {
                 rec.copy(c_states, last, c_n, ld * bh, bh)?;
             }
@@ -598,13 +602,14 @@ pub(crate) struct LayerGradIo<'a> {
 }
 
 /// What a backward pass reads and writes: upstream and input gradients in the model's layout,
-/// state gradients (L·D, B, H), parameter gradients per layer·direction.
+/// state gradients (L·D, B, H) (initial-state gradients only where given), parameter
+/// gradients per layer·direction.
 pub(crate) struct BackwardIo<'a> {
     pub d_output: &'a GpuTensor,
     pub d_h_n: Option<&'a GpuTensor>,
     pub d_c_n: Option<&'a GpuTensor>,
     pub d_input: &'a GpuTensor,
-    pub d_h0: &'a GpuTensor,
+    pub d_h0: Option<&'a GpuTensor>,
     pub d_c0: Option<&'a GpuTensor>,
     pub params: Vec<LayerGradIo<'a>>,
 }
@@ -725,7 +730,9 @@ pub(crate) fn run_backward(
                 rec.dispatch(step_kernel, binding, &params, step_groups)?;
             }
             let done = ((dims.t + 1) % 2) * 2 * bh;
-            rec.copy(carry, done, io.d_h0, ld * bh, bh)?;
+            if let Some(d_h0) = io.d_h0 {
+                rec.copy(carry, done, d_h0, ld * bh, bh)?;
+            }
             if let (Some(d_c0), true) = (io.d_c0, dims.has_c) {
                 rec.copy(carry, done + bh, d_c0, ld * bh, bh)?;
             }

@@ -1,4 +1,4 @@
-//! Dropout masks from a counter-based generator, identical on the CPU and in `shaders/train.wgsl`.
+//! Dropout masks from a counter-based generator, identical on the CPU and in `shaders/dropout.wgsl`.
 //!
 //! Element `index` of dropout stream `stream` under `seed` is kept when
 //! `dropout_hash(seed, stream, index) < threshold` with `threshold = ⌊(1 − p)·2³²⌋`, and kept

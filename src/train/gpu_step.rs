@@ -1,15 +1,20 @@
 //! A GPU-resident training step (adding problem, character LM): parameters, embedding,
-//! gradients and optimizer state live in flat GPU buffers in [`SeqModel::tensors`] order. One
-//! step uploads the batch, runs every RNN layer's training forward, dropout, the output layer
-//! and the loss, the backward pass, clipping and the optimizer update on the GPU. The losses
-//! stay on the GPU until [`GpuTrainer::take_losses`] reads them; the updated RNN weights reach
-//! the layers by a GPU-to-GPU copy ([`GpuRnn::copy_weights_from`]). Nothing else leaves the GPU.
+//! gradients and optimizer state live in flat GPU buffers in [`SeqModel::tensors`] order; the
+//! RNN layers read their weights and write their gradients as views of them.
+//!
+//! One step is one command buffer and one submit, with no buffer copy: the batch upload
+//! (`queue.write_buffer` into pooled buffers that the next step of the same shape reuses), the
+//! embedding, every layer's training forward, dropout, the output layer and the loss, the
+//! backward pass, the gradient norm and clipping, the guard and the optimizer update. The guard
+//! (optim.wgsl) lets the update through only when the step's loss and gradient norm are finite,
+//! and logs (mean loss, outcome) per step on the GPU; the log is read back by
+//! [`GpuTrainer::take_losses`], [`GpuTrainer::model`] and [`GpuTrainer::optimizer`], which
+//! report a rejected step as an error. Non-finite features or targets are refused on the host
+//! before anything is recorded.
 
 use super::dropout::Dropout;
 use super::gpu::{
-    check_u32, dispatch, elementwise_groups, record_clip_grad_norm, record_clip_grad_value,
-    record_dropout, record_softmax_cross_entropy, run_pass, upload_targets, FlatLayout,
-    GpuOptimizer, NormScratch,
+    id_words, Embedded, FlatLayout, GpuOptimizer, NormScratch, StepCheck, StepCode, TrainKernels,
 };
 use super::layers::Readout;
 use super::model::{DropoutKey, Inputs, SeqModel, Targets};
@@ -17,30 +22,14 @@ use super::optim::{Optimizer, OptimizerConfig};
 use super::trainer::Clip;
 use crate::error::{check_shape, Result, RnnError};
 use crate::gpu::kernels::{CellKernels, Gemm};
-use crate::gpu::model::{GpuRnn, GpuSequenceBatch, GpuTape, GpuUpstreamGrads};
-use crate::gpu::Recorder;
-use crate::gpu::{GpuContext, GpuTensor};
+use crate::gpu::model::{GpuForwardOutput, GpuRnn, GpuSequenceBatch, GpuTape, GpuUpstreamGrads};
+use crate::gpu::recorder::Sink;
+use crate::gpu::{GpuContext, GpuTensor, Recorded, Recorder};
 use crate::gpu::{LayerGradIo, LayerWeights};
-use bytemuck::{Pod, Zeroable};
 use std::sync::Arc;
 
-#[repr(C)]
-#[derive(Clone, Copy, Pod, Zeroable)]
-struct EmbeddingParams {
-    positions: u32,
-    dim: u32,
-    vocab: u32,
-    offset: u32,
-}
-
-/// train.wgsl `MseParams`.
-#[repr(C)]
-#[derive(Clone, Copy, Pod, Zeroable)]
-struct MseParams {
-    count: u32,
-    inv_count: f32,
-    _pad: [u32; 2],
-}
+/// Steps the GPU log holds before it is read back to make room.
+const LOG_STEPS: usize = 256;
 
 /// The output layer of one (T, B) batch: where its rows and parameters are (elements).
 #[derive(Clone, Copy, Debug)]
@@ -68,6 +57,128 @@ enum Pass {
     Train(Option<DropoutKey>),
 }
 
+/// One batch on the GPU.
+struct Batch {
+    /// The layer-0 input (T, B, I): the features, or the embedding's output
+    input: GpuTensor,
+    /// (T, B) u32 token ids, for a model with an embedding
+    tokens: Option<GpuTensor>,
+    /// (N) u32 classes or (N, O) values
+    targets: GpuTensor,
+    /// Cross-entropy (true) or MSE
+    classes: bool,
+}
+
+/// One command buffer that everything of a step records into, submitted once.
+struct StepCommands {
+    encoder: wgpu::CommandEncoder,
+    /// What the recordings refer to, kept until the submit.
+    recorded: Recorded,
+    /// Inference forward outputs, which keep their own recordings' buffers.
+    outputs: Vec<GpuForwardOutput>,
+}
+
+impl StepCommands {
+    fn new(ctx: &GpuContext) -> Self {
+        let encoder = ctx
+            .device()
+            .create_command_encoder(&wgpu::CommandEncoderDescriptor {
+                label: Some("training step"),
+            });
+        StepCommands {
+            encoder,
+            recorded: Recorded::default(),
+            outputs: Vec::new(),
+        }
+    }
+
+    fn sink(&mut self) -> Sink<'_> {
+        Sink::Encoder {
+            encoder: &mut self.encoder,
+            recorded: &mut self.recorded,
+        }
+    }
+
+    /// Appends `rec`'s commands.
+    fn record(&mut self, rec: Recorder<'_>) -> Result<()> {
+        self.recorded.extend(rec.record_into(&mut self.encoder)?);
+        Ok(())
+    }
+
+    /// Submits everything; what the recordings referred to is free for the next step.
+    fn submit(self, ctx: &GpuContext) -> Result<()> {
+        ctx.submit(self.encoder.finish());
+        ctx.take_errors()
+    }
+}
+
+/// The per-step log on the GPU and what has been read back from it.
+#[derive(Debug)]
+struct StepLog {
+    /// (LOG_STEPS, 2) u32 per step: mean loss bits, [`StepCode`]
+    tensor: GpuTensor,
+    /// The step index (count of [`GpuTrainer::step`] calls before it) of each row in use
+    rows: Vec<u64>,
+    /// Read back and not yet taken: (step index, mean loss, outcome)
+    read: Vec<(u64, f32, StepCode)>,
+}
+
+impl StepLog {
+    fn new(ctx: &GpuContext) -> Result<Self> {
+        Ok(StepLog {
+            tensor: GpuTensor::zeros(ctx, "step log", &[LOG_STEPS, 2])?,
+            rows: Vec::new(),
+            read: Vec::new(),
+        })
+    }
+
+    /// Reads the rows in use back (one readback) and frees them.
+    fn drain(&mut self, ctx: &GpuContext) -> Result<()> {
+        if self.rows.is_empty() {
+            return Ok(());
+        }
+        let words = self.tensor.to_vec(ctx)?;
+        for (&step, row) in self.rows.iter().zip(words.chunks_exact(2)) {
+            let code = StepCode::from_word(row[1].to_bits());
+            self.read.push((step, row[0], code));
+        }
+        self.rows.clear();
+        Ok(())
+    }
+
+    /// The row for the next step (draining the log when it is full).
+    fn next_row(&mut self, ctx: &GpuContext) -> Result<usize> {
+        if self.rows.len() == LOG_STEPS {
+            self.drain(ctx)?;
+        }
+        Ok(self.rows.len())
+    }
+
+    /// Reads the log back; an error naming the first step the guard rejected, if any (each
+    /// rejected step is reported once).
+    fn check(&mut self, ctx: &GpuContext, loss_name: &str) -> Result<()> {
+        self.drain(ctx)?;
+        let first = self.read.iter().find(|r| r.2 != StepCode::Applied).copied();
+        self.read.retain(|r| r.2 == StepCode::Applied);
+        match first {
+            None => Ok(()),
+            Some((step, _, code)) => {
+                let tensor = match code {
+                    StepCode::LossNotFinite => loss_name,
+                    _ => "gradients",
+                };
+                Err(RnnError::NonFinite {
+                    tensor: format!(
+                        "{tensor} of GPU training step {step} (skipped: parameters and \
+                         optimizer state unchanged)"
+                    ),
+                    index: 0,
+                })
+            }
+        }
+    }
+}
+
 /// A model in training on the GPU (f32).
 #[derive(Debug)]
 pub struct GpuTrainer {
@@ -75,8 +186,9 @@ pub struct GpuTrainer {
     model: SeqModel<f32>,
     /// The RNN layers, reading their weights as views of `params`.
     layers: Vec<GpuRnn>,
-    /// gemm.wgsl and reduce.wgsl for the output layer
+    /// gemm.wgsl and reduce.wgsl for the output layer and the loss sum
     kernels: Arc<CellKernels>,
+    train: Arc<TrainKernels>,
     /// (P) every parameter, in [`SeqModel::tensors`] order
     params: GpuTensor,
     /// (P) d loss / d params of the last step
@@ -87,9 +199,11 @@ pub struct GpuTrainer {
     layer_grads: Vec<Vec<GradViews>>,
     optimizer: GpuOptimizer,
     norm: NormScratch,
-    /// Per step since the last [`GpuTrainer::take_losses`]: the per-row (cross-entropy) or
-    /// per-element (MSE) losses, whose mean is the step's loss
-    losses: Vec<GpuTensor>,
+    /// (1) Σ of the last step's (or evaluation's) loss values
+    loss_sum: GpuTensor,
+    log: StepLog,
+    /// [`GpuTrainer::step`] calls so far.
+    calls: u64,
 }
 
 impl GpuTrainer {
@@ -135,8 +249,11 @@ impl GpuTrainer {
         let (layers, layer_grads) = rnn_views(&ctx, model, &layout, first_rnn, &params, &grads)?;
         Ok(GpuTrainer {
             kernels: CellKernels::new(&ctx, model.config.cell)?,
+            train: TrainKernels::new(&ctx)?,
             optimizer: GpuOptimizer::from_host(&ctx, optimizer, &layout)?,
             norm: NormScratch::new(&ctx, layout.len)?,
+            loss_sum: GpuTensor::zeros(&ctx, "loss sum", &[1])?,
+            log: StepLog::new(&ctx)?,
             ctx,
             model: model.clone(),
             layers,
@@ -144,7 +261,7 @@ impl GpuTrainer {
             params,
             grads,
             layout,
-            losses: Vec::new(),
+            calls: 0,
         })
     }
 
@@ -172,14 +289,14 @@ impl GpuTrainer {
         }
     }
 
-    /// Uploads the inputs (embedding token ids on the GPU) and runs every layer forward: for
-    /// training with tapes and, when the key is set, dropout on each layer's output. Returns the
-    /// top layer's output (T, B, H), the tapes (none for evaluation) and the uploaded token ids.
-    fn forward(
+    /// Checks the batch on the host (shapes, ids, finite values) and uploads it into pooled
+    /// buffers; records the embedding of token ids into `cmd`.
+    fn upload(
         &self,
+        cmd: &mut StepCommands,
         inputs: &Inputs<'_, f32>,
-        pass: Pass,
-    ) -> Result<(GpuTensor, Vec<GpuTape>, Option<GpuTensor>)> {
+        targets: &Targets<'_, f32>,
+    ) -> Result<Batch> {
         let ctx = &*self.ctx;
         let (t, b) = inputs.dims();
         if t == 0 || b == 0 {
@@ -187,40 +304,33 @@ impl GpuTrainer {
                 "empty input batch (T, B) = ({t}, {b})"
             )));
         }
-        let (mut x, tokens) = match (inputs, &self.model.embedding) {
+        let (input, tokens) = match (inputs, &self.model.embedding) {
             (Inputs::Features(features), None) => {
                 let input_size = self.model.config.layer_config(0).input_size;
                 check_shape("inputs", &[t, b, input_size], features.shape())?;
-                let x = GpuTensor::from_array(ctx, "inputs", features.into_dyn())?;
-                (x, None)
+                let values: Vec<f32> = features.iter().copied().collect();
+                check_finite("inputs", &values)?;
+                let input = GpuTensor::pooled(ctx, "inputs", &[t, b, input_size])?;
+                input.write(ctx, &values)?;
+                (input, None)
             }
             (Inputs::Tokens(ids), Some(embedding)) => {
                 let (vocab, dim) = embedding.weight.dim();
                 let ids: Vec<usize> = ids.iter().copied().collect();
-                let tokens = upload_targets(ctx, &ids, vocab)?;
-                let x = GpuTensor::zeros(ctx, "embedded", &[t, b, dim])?;
-                let params = EmbeddingParams {
-                    positions: check_u32("token positions", t * b)?,
-                    dim: check_u32("embedding width", dim)?,
-                    vocab: check_u32("vocabulary", vocab)?,
+                let tokens = GpuTensor::pooled(ctx, "token ids", &[t, b])?;
+                tokens.write(ctx, &id_words(&ids, vocab, "token id")?)?;
+                let input = GpuTensor::pooled(ctx, "embedded", &[t, b, dim])?;
+                let mut rec = Recorder::new(ctx);
+                // embedding.weight is the first tensor.
+                let table = Embedded {
+                    vocab,
+                    dim,
                     offset: 0,
                 };
-                run_pass(ctx, |pass| {
-                    dispatch(
-                        ctx,
-                        pass,
-                        "embedding_forward",
-                        &[
-                            (28, tokens.buffer()),
-                            (29, self.params.buffer()),
-                            (30, x.buffer()),
-                        ],
-                        31,
-                        &params,
-                        elementwise_groups(t * b * dim),
-                    )
-                })?;
-                (x, Some(tokens))
+                let train = &*self.train;
+                train.record_embedding_forward(&mut rec, &tokens, &self.params, table, &input)?;
+                cmd.record(rec)?;
+                (input, Some(tokens))
             }
             (Inputs::Features(_), Some(_)) => {
                 return Err(RnnError::Config(
@@ -233,61 +343,90 @@ impl GpuTrainer {
                 ))
             }
         };
-        let drop = Dropout::new(self.model.config.dropout)?;
-        let mut tapes = Vec::with_capacity(self.layers.len());
-        for (k, layer) in self.layers.iter().enumerate() {
-            let batch = GpuSequenceBatch::new(&x);
-            let out = match pass {
-                Pass::Eval => layer.forward_gpu(&batch)?.output,
-                Pass::Train(_) => {
-                    let (out, tape) = layer.forward_train_gpu(&batch)?;
-                    tapes.push(tape);
-                    out.output
-                }
-            };
-            if let Pass::Train(Some(key)) = pass {
-                let stream = self.model.stream(key, k);
-                run_pass(ctx, |p| {
-                    record_dropout(ctx, p, &out, &drop, key.seed, stream)
-                })?;
-            }
-            x = out;
-        }
-        Ok((x, tapes, tokens))
-    }
-
-    /// Output layer and loss on the top layer's output `x` (T, B, H): the per-row or
-    /// per-element losses and d loss / d outputs (N, O).
-    fn head(
-        &self,
-        x: &GpuTensor,
-        ol: &OutputLayer,
-        targets: &Targets<'_, f32>,
-    ) -> Result<(GpuTensor, GpuTensor)> {
-        let ctx = &*self.ctx;
-        let (rows, outputs) = (ol.rows, ol.outputs);
-        let out = GpuTensor::zeros(ctx, "outputs", &[rows, outputs])?;
-        let grad_out = GpuTensor::zeros(ctx, "d outputs", &[rows, outputs])?;
-        let (loss_values, target_tensor) = match targets {
+        let (rows, outputs) = (
+            self.model.config.readout.rows(t, b),
+            self.model.config.outputs,
+        );
+        let (targets, classes) = match targets {
             Targets::Classes(classes) => {
                 check_shape("targets", &[rows], &[classes.len()])?;
-                (
-                    GpuTensor::zeros(ctx, "row losses", &[rows])?,
-                    upload_targets(ctx, classes, outputs)?,
-                )
+                let words = id_words(classes, outputs, "target")?;
+                let tensor = GpuTensor::pooled(ctx, "targets", &[rows])?;
+                tensor.write(ctx, &words)?;
+                (tensor, true)
             }
             Targets::Values(values) => {
                 check_shape("targets", &[rows, outputs], values.shape())?;
-                (
-                    GpuTensor::zeros(ctx, "squared errors", &[rows, outputs])?,
-                    GpuTensor::from_array(ctx, "targets", values.into_dyn())?,
-                )
+                let values: Vec<f32> = values.iter().copied().collect();
+                check_finite("targets", &values)?;
+                let tensor = GpuTensor::pooled(ctx, "targets", &[rows, outputs])?;
+                tensor.write(ctx, &values)?;
+                (tensor, false)
             }
         };
+        Ok(Batch {
+            input,
+            tokens,
+            targets,
+            classes,
+        })
+    }
+
+    /// Records every layer forward from `input` into `cmd`: for training with tapes (which
+    /// refer to each layer's input) and, when the key is set, dropout on each layer's output.
+    /// Returns the top layer's output (T, B, H) and the tapes (none for evaluation).
+    fn record_forward(
+        &self,
+        cmd: &mut StepCommands,
+        input: &GpuTensor,
+        pass: Pass,
+    ) -> Result<(GpuTensor, Vec<GpuTape>)> {
+        let drop = Dropout::new(self.model.config.dropout)?;
+        let mut tapes = Vec::with_capacity(self.layers.len());
+        let mut x = input.clone();
+        for (k, layer) in self.layers.iter().enumerate() {
+            let out = match pass {
+                Pass::Eval => {
+                    let out = layer.record_forward(&mut cmd.encoder, &GpuSequenceBatch::new(&x))?;
+                    let output = out.output.clone();
+                    cmd.outputs.push(out);
+                    output
+                }
+                Pass::Train(_) => {
+                    let (out, tape) = layer.record_forward_train_into(&x, &mut cmd.sink())?;
+                    tapes.push(tape);
+                    out
+                }
+            };
+            if let Pass::Train(Some(key)) = pass {
+                let mut rec = Recorder::new(&self.ctx);
+                let stream = self.model.stream(key, k);
+                self.train
+                    .record_dropout(&mut rec, &out, &drop, key.seed, stream)?;
+                cmd.record(rec)?;
+            }
+            x = out;
+        }
+        Ok((x, tapes))
+    }
+
+    /// Records the output layer and the loss on the top layer's output `x` (T, B, H), and
+    /// Σ loss values into `loss_sum`: returns the per-row (cross-entropy) or per-element (MSE)
+    /// losses and d loss / d outputs (N, O).
+    fn record_head<'k>(
+        &'k self,
+        rec: &mut Recorder<'k>,
+        x: &GpuTensor,
+        ol: &OutputLayer,
+        batch: &Batch,
+    ) -> Result<(GpuTensor, GpuTensor)> {
+        let ctx = &*self.ctx;
+        let (rows, outputs) = (ol.rows, ol.outputs);
+        let out = GpuTensor::pooled(ctx, "outputs", &[rows, outputs])?;
+        let grad_out = GpuTensor::pooled(ctx, "d outputs", &[rows, outputs])?;
         // out = rows · Wᵀ + bias
-        let mut rec = Recorder::new(ctx);
         self.kernels.gemm(
-            &mut rec,
+            rec,
             x,
             &self.params,
             Some(&self.params),
@@ -307,55 +446,43 @@ impl GpuTrainer {
                 ..Gemm::default()
             },
         )?;
-        rec.submit()?;
-        run_pass(ctx, |pass| match targets {
-            Targets::Classes(_) => record_softmax_cross_entropy(
-                ctx,
-                pass,
+        let loss_values = if batch.classes {
+            let loss_values = GpuTensor::pooled(ctx, "row losses", &[rows])?;
+            let train = &*self.train;
+            train.record_softmax_cross_entropy(
+                rec,
                 &out,
-                &target_tensor,
+                &batch.targets,
                 &grad_out,
                 &loss_values,
-            ),
-            Targets::Values(_) => {
-                let count = rows * outputs;
-                let params = MseParams {
-                    count: check_u32("outputs", count)?,
-                    inv_count: 1.0 / count as f32,
-                    _pad: [0; 2],
-                };
-                dispatch(
-                    ctx,
-                    pass,
-                    "mse_loss_grad",
-                    &[
-                        (20, out.buffer()),
-                        (25, target_tensor.buffer()),
-                        (26, loss_values.buffer()),
-                        (27, grad_out.buffer()),
-                    ],
-                    21,
-                    &params,
-                    elementwise_groups(count),
-                )
-            }
-        })?;
+            )?;
+            loss_values
+        } else {
+            let loss_values = GpuTensor::pooled(ctx, "squared errors", &[rows, outputs])?;
+            let train = &*self.train;
+            train.record_mse(rec, &out, &batch.targets, &loss_values, &grad_out)?;
+            loss_values
+        };
+        // Summed in order, as the CPU does.
+        let count = (loss_values.len(), 1);
+        self.kernels
+            .column_sum(rec, &loss_values, &self.loss_sum, count, 0, 0)?;
         Ok((loss_values, grad_out))
     }
 
-    /// Output-layer backward: d weight = gᵀ · rows and d bias = Σ_rows g into the flat
-    /// gradients, and d loss / d top-layer output into `grad_seq` (T, B, H, zero outside the
-    /// read rows), from g = d loss / d outputs (N, O).
-    fn head_backward(
-        &self,
+    /// Records the output-layer backward: d weight = gᵀ · rows and d bias = Σ_rows g into the
+    /// flat gradients, and d loss / d top-layer output into `grad_seq` (T, B, H, zero outside
+    /// the read rows), from g = d loss / d outputs (N, O).
+    fn record_head_backward<'k>(
+        &'k self,
+        rec: &mut Recorder<'k>,
         x: &GpuTensor,
         ol: &OutputLayer,
         grad_out: &GpuTensor,
         grad_seq: &GpuTensor,
     ) -> Result<()> {
-        let mut rec = Recorder::new(&self.ctx);
         self.kernels.gemm(
-            &mut rec,
+            rec,
             grad_out,
             x,
             None,
@@ -375,15 +502,18 @@ impl GpuTrainer {
             },
         )?;
         self.kernels.column_sum(
-            &mut rec,
+            rec,
             grad_out,
             &self.grads,
             (ol.rows, ol.outputs),
             0,
             ol.b_offset,
         )?;
+        if ol.rows * ol.hidden < grad_seq.len() {
+            rec.clear(grad_seq)?;
+        }
         self.kernels.gemm(
-            &mut rec,
+            rec,
             grad_out,
             &self.params,
             None,
@@ -401,20 +531,35 @@ impl GpuTrainer {
                 ldc: ol.hidden,
                 ..Gemm::default()
             },
-        )?;
-        rec.submit()
+        )
     }
 
-    /// Evaluation loss (no dropout, no update); reads back the loss.
+    /// Evaluation loss (no dropout, no update): one submit, the loss sum read back.
     pub fn evaluate(&self, inputs: &Inputs<'_, f32>, targets: &Targets<'_, f32>) -> Result<f64> {
+        let ctx = &*self.ctx;
         let (t, b) = inputs.dims();
-        let (x, _, _) = self.forward(inputs, Pass::Eval)?;
-        let (losses, _) = self.head(&x, &self.output_layer(t, b), targets)?;
-        mean_loss(&self.ctx, &losses)
+        let mut cmd = StepCommands::new(ctx);
+        let batch = self.upload(&mut cmd, inputs, targets)?;
+        let (top, _) = self.record_forward(&mut cmd, &batch.input, Pass::Eval)?;
+        let mut rec = Recorder::new(ctx);
+        let (losses, _) = self.record_head(&mut rec, &top, &self.output_layer(t, b), &batch)?;
+        cmd.record(rec)?;
+        cmd.submit(ctx)?;
+        let mean = f64::from(self.loss_sum.to_vec(ctx)?[0]) / losses.len() as f64;
+        if !mean.is_finite() {
+            return Err(RnnError::NonFinite {
+                tensor: "GPU evaluation loss".into(),
+                index: 0,
+            });
+        }
+        Ok(mean)
     }
 
-    /// One training step: forward, loss, backward, clipping, update.
-    /// The loss stays on the GPU until [`GpuTrainer::take_losses`]; nothing is read back.
+    /// One training step: forward, loss, backward, clipping, update, in one submit. Nothing
+    /// is read back: the loss stays on the GPU until [`GpuTrainer::take_losses`], and a step
+    /// whose loss or gradient norm is not finite changes nothing and is reported there (or by
+    /// [`GpuTrainer::model`], [`GpuTrainer::optimizer`]). A batch with a non-finite feature
+    /// or target is an error at once, as on the CPU.
     pub fn step(
         &mut self,
         inputs: &Inputs<'_, f32>,
@@ -422,23 +567,31 @@ impl GpuTrainer {
         clip: Clip,
         dropout: Option<DropoutKey>,
     ) -> Result<()> {
+        let call = self.calls;
+        self.calls += 1;
         let ctx = Arc::clone(&self.ctx);
+        let slot = self.log.next_row(&ctx)?;
         let (t, b) = inputs.dims();
-        let (x, tapes, tokens) = self.forward(inputs, Pass::Train(dropout))?;
+        let mut cmd = StepCommands::new(&ctx);
+        let batch = self.upload(&mut cmd, inputs, targets)?;
+        let (top, tapes) = self.record_forward(&mut cmd, &batch.input, Pass::Train(dropout))?;
         let ol = self.output_layer(t, b);
-        let (loss_values, grad_out) = self.head(&x, &ol, targets)?;
-        let grad_seq = GpuTensor::zeros(&ctx, "d RNN output", &[t, b, ol.hidden])?;
-        self.head_backward(&x, &ol, &grad_out, &grad_seq)?;
+        let mut rec = Recorder::new(&ctx);
+        let (losses, grad_out) = self.record_head(&mut rec, &top, &ol, &batch)?;
+        let grad_seq = GpuTensor::pooled(&ctx, "d RNN output", &[t, b, ol.hidden])?;
+        self.record_head_backward(&mut rec, &top, &ol, &grad_out, &grad_seq)?;
+        cmd.record(rec)?;
 
         // Backward through the layers (dropout masks again on the upstream gradients).
         let drop = Dropout::new(self.model.config.dropout)?;
         let mut upstream = grad_seq;
         for k in (0..self.layers.len()).rev() {
             if let Some(key) = dropout {
+                let mut rec = Recorder::new(&ctx);
                 let stream = self.model.stream(key, k);
-                run_pass(&ctx, |pass| {
-                    record_dropout(&ctx, pass, &upstream, &drop, key.seed, stream)
-                })?;
+                self.train
+                    .record_dropout(&mut rec, &upstream, &drop, key.seed, stream)?;
+                cmd.record(rec)?;
             }
             let params = self.layer_grads[k]
                 .iter()
@@ -448,49 +601,45 @@ impl GpuTrainer {
                     bias: g.bias.as_ref().map(|(i, h)| (i, h)),
                 })
                 .collect();
-            upstream = self.layers[k].backward_into(
-                &tapes[k],
-                &GpuUpstreamGrads::new(&upstream),
-                params,
-            )?;
-        }
-        if let (Some(tokens), Some(embedding)) = (&tokens, &self.model.embedding) {
-            let (vocab, dim) = embedding.weight.dim();
-            let params = EmbeddingParams {
-                positions: check_u32("token positions", t * b)?,
-                dim: check_u32("embedding width", dim)?,
-                vocab: check_u32("vocabulary", vocab)?,
-                offset: 0, // embedding.weight is the first tensor
-            };
-            run_pass(&ctx, |pass| {
-                dispatch(
-                    &ctx,
-                    pass,
-                    "embedding_backward",
-                    &[
-                        (28, tokens.buffer()),
-                        (32, upstream.buffer()),
-                        (33, self.grads.buffer()),
-                    ],
-                    31,
-                    &params,
-                    elementwise_groups(vocab * dim),
-                )
-            })?;
+            let grads = GpuUpstreamGrads::new(&upstream);
+            upstream = self.layers[k].backward_into(&tapes[k], &grads, params, &mut cmd.sink())?;
         }
 
-        // Clipping and the update.
-        let optimizer = &mut self.optimizer;
-        let (params, grads, norm) = (&self.params, &self.grads, &self.norm);
-        run_pass(&ctx, |pass| {
-            match clip {
-                Clip::None => {}
-                Clip::Norm(max) => record_clip_grad_norm(&ctx, pass, grads, max as f32, norm)?,
-                Clip::Value(v) => record_clip_grad_value(&ctx, pass, grads, v as f32)?,
+        // Embedding gradient, norm and clipping, guard, update.
+        let train = &*self.train;
+        let mut rec = Recorder::new(&ctx);
+        if let (Some(tokens), Some(embedding)) = (&batch.tokens, &self.model.embedding) {
+            let (vocab, dim) = embedding.weight.dim();
+            let table = Embedded {
+                vocab,
+                dim,
+                offset: 0,
+            };
+            train.record_embedding_backward(&mut rec, tokens, &upstream, table, &self.grads)?;
+        }
+        let (grads, norm) = (&self.grads, &self.norm);
+        match clip {
+            Clip::None => train.record_grad_norm(&mut rec, grads, f32::MAX, norm)?,
+            Clip::Norm(max) => train.record_clip_grad_norm(&mut rec, grads, max as f32, norm)?,
+            Clip::Value(v) => {
+                // The norm after clamping: clamped infinities are finite, as on the CPU.
+                train.record_clip_grad_value(&mut rec, grads, v as f32)?;
+                train.record_grad_norm(&mut rec, grads, f32::MAX, norm)?;
             }
-            optimizer.record_step(&ctx, pass, params, grads)
-        })?;
-        self.losses.push(loss_values);
+        }
+        let check = StepCheck {
+            norm,
+            loss_sum: &self.loss_sum,
+            loss_count: losses.len(),
+            log: &self.log.tensor,
+            slot,
+        };
+        train.record_guard(&mut rec, &check, &self.optimizer)?;
+        self.optimizer
+            .record_step(&mut rec, train, &self.params, &self.grads)?;
+        cmd.record(rec)?;
+        cmd.submit(&ctx)?;
+        self.log.rows.push(call);
         Ok(())
     }
 
@@ -501,44 +650,58 @@ impl GpuTrainer {
         Ok(())
     }
 
-    /// The loss of every step since the last call, read back at once.
-    pub fn take_losses(&mut self) -> Result<Vec<f64>> {
-        std::mem::take(&mut self.losses)
-            .iter()
-            .map(|losses| mean_loss(&self.ctx, losses))
-            .collect()
+    /// The name of the loss in errors, as the CPU names it.
+    fn loss_name(&self) -> &'static str {
+        if self.model.embedding.is_some() {
+            "cross-entropy loss"
+        } else {
+            "mse loss"
+        }
     }
 
-    /// The current parameters, read back into a [`SeqModel`].
+    /// The mean loss of every step since the last call, read back at once; an error naming
+    /// the first step since the last readback that was skipped for a non-finite loss or
+    /// gradient (the losses of the others are kept for the next call).
+    pub fn take_losses(&mut self) -> Result<Vec<f64>> {
+        self.log.check(&self.ctx, self.loss_name())?;
+        Ok(std::mem::take(&mut self.log.read)
+            .into_iter()
+            .map(|(_, loss, _)| f64::from(loss))
+            .collect())
+    }
+
+    /// The current parameters, read back into a [`SeqModel`]; an error first if a step since
+    /// the last readback was skipped (as [`GpuTrainer::take_losses`]).
     pub fn model(&mut self) -> Result<SeqModel<f32>> {
+        self.log.check(&self.ctx, self.loss_name())?;
         let flat = self.params.to_vec(&self.ctx)?;
         self.unflatten(&flat)?;
         Ok(self.model.clone())
     }
 
     /// The optimizer state, read back (for
-    /// [`save_checkpoint`](super::checkpoint::save_checkpoint)).
-    pub fn optimizer(&self) -> Result<Optimizer<f32>> {
+    /// [`save_checkpoint`](super::checkpoint::save_checkpoint)); an error first if a step
+    /// since the last readback was skipped (as [`GpuTrainer::take_losses`]).
+    pub fn optimizer(&mut self) -> Result<Optimizer<f32>> {
+        self.log.check(&self.ctx, self.loss_name())?;
         self.optimizer.to_host(&self.ctx)
     }
 
-    /// Completed optimizer steps.
-    pub fn steps(&self) -> u64 {
-        self.optimizer.step
+    /// Optimizer steps applied (read back): skipped steps do not count.
+    pub fn steps(&self) -> Result<u64> {
+        self.optimizer.steps(&self.ctx)
     }
 }
 
-/// The mean of a loss tensor (read back); non-finite is an error.
-fn mean_loss(ctx: &GpuContext, losses: &GpuTensor) -> Result<f64> {
-    let values = losses.to_vec(ctx)?;
-    let mean = values.iter().map(|&v| f64::from(v)).sum::<f64>() / values.len() as f64;
-    if !mean.is_finite() {
-        return Err(RnnError::NonFinite {
-            tensor: "GPU training loss".into(),
-            index: 0,
-        });
+/// An error naming `tensor` and the index of its first non-finite value, if any.
+fn check_finite(tensor: &str, values: &[f32]) -> Result<()> {
+    match values.iter().position(|v| !v.is_finite()) {
+        Some(index) => Err(RnnError::NonFinite {
+            tensor: tensor.into(),
+            index,
+        }),
+        None => Ok(()),
     }
-    Ok(mean)
 }
 
 /// Views of one layer·direction's gradients in the flat gradient buffer.

@@ -1,8 +1,8 @@
 //! Training around the RNN: embedding and output layers, losses, dropout, gradient clipping,
 //! optimizers, checkpoints and one [`Trainer`] over the CPU and GPU backends. CPU reference
 //! generic over f32/f64; the fused WGSL kernels for the loss, dropout, clipping and optimizer
-//! updates are in [`gpu`] (`shaders/train.wgsl`). The demonstration tasks (adding problem,
-//! character LM, gradient-flow study) live in the `wgpu-rnn-cli` application crate.
+//! updates are in [`gpu`] (one `shaders/*.wgsl` per family). The demonstration tasks (adding
+//! problem, character LM, gradient-flow study) live in the `wgpu-rnn-cli` application crate.
 
 pub mod checkpoint;
 pub mod clip;

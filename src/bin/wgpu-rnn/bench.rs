@@ -464,13 +464,13 @@ impl BenchReport {
         let path = path.as_ref();
         let text = serde_json::to_string_pretty(&Value::Array(self.records()))
             .map_err(|e| RnnError::io(path, std::io::Error::other(e)))?;
-        crate::tensorfile::write_atomic(path, (text + "\n").as_bytes())
+        wgpu_rnn::tensorfile::write_atomic(path, (text + "\n").as_bytes())
     }
 
     /// Writes a PNG bar chart: median ms of CPU and GPU per case, log scale.
     pub fn plot(&self, path: impl AsRef<Path>) -> Result<()> {
         let path = path.as_ref();
-        crate::tensorfile::save_atomic(path, |tmp| {
+        wgpu_rnn::tensorfile::save_atomic(path, |tmp| {
             plot::bars(self, tmp).map_err(|e| RnnError::io(path, std::io::Error::other(e)))
         })
     }
