@@ -2,7 +2,7 @@
 //!
 //! `cargo run --release --example adding [-- steps]`
 
-use wgpu_rnn::train::{train_adding, AddingOptions};
+use wgpu_rnn_cli::{train_adding, AddingOptions};
 
 fn main() -> wgpu_rnn::Result<()> {
     let mut opts = AddingOptions::default();

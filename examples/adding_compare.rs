@@ -5,8 +5,8 @@
 //! `cargo run --release --example adding_compare -- [seq_len [steps [out_dir]]]`, defaults 100,
 //! 3000 and `docs/img`: writes `adding_t{T}_{rnn,lstm,gru}.json` and `adding_t{T}.png`.
 
-use wgpu_rnn::train::{plot_many, train_adding, AddingOptions};
 use wgpu_rnn::{CellKind, RnnError};
+use wgpu_rnn_cli::{plot_many, train_adding, AddingOptions};
 
 fn main() -> wgpu_rnn::Result<()> {
     let mut args = std::env::args().skip(1);

@@ -2,7 +2,7 @@
 //! held-out bits per character and perplexity every epoch, and samples 200 characters.
 //! `cargo run --release --example charlm [-- steps [text.txt]]`
 
-use wgpu_rnn::train::{train_charlm, CharLmOptions};
+use wgpu_rnn_cli::{train_charlm, CharLmOptions};
 
 fn main() -> wgpu_rnn::Result<()> {
     let mut args = std::env::args().skip(1);

@@ -2,7 +2,7 @@
 //! training each cell. `cargo run --release --example gradflow -- [train_steps [forget_bias|none
 //! [out_stem]]]`: defaults 0, 1.0 and `gradflow` (writes gradflow.json and gradflow.png).
 
-use wgpu_rnn::train::{gradflow_with, GradFlowOptions, GradFlowWeights};
+use wgpu_rnn_cli::{gradflow_with, GradFlowOptions, GradFlowWeights};
 
 fn main() -> wgpu_rnn::Result<()> {
     let mut args = std::env::args().skip(1);

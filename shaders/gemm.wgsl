@@ -23,7 +23,7 @@ const BK: u32 = 16u;
 const A_ROW4: u32 = 33u;
 const B_ROW4: u32 = 17u;
 
-struct Gemm {
+struct GemmParams {
     m: u32,
     n: u32,
     k: u32,
@@ -42,7 +42,7 @@ struct Gemm {
     bias_off: u32,
 }
 
-@group(0) @binding(0) var<uniform> gp: Gemm;
+@group(0) @binding(0) var<uniform> gp: GemmParams;
 @group(0) @binding(1) var<storage, read> a: array<f32>;           // (M, K) through a_rs, a_cs
 @group(0) @binding(2) var<storage, read> b: array<f32>;           // (K, N) through b_rs, b_cs
 @group(0) @binding(3) var<storage, read> bias: array<f32>;        // (N) at bias_off, read when use_bias

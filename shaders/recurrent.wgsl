@@ -112,7 +112,7 @@ struct CellBackward {
 
 // ---------------------------------------------------------------- forward step
 
-struct ForwardStep {
+struct ForwardStepParams {
     batch: u32,
     hidden: u32,
     t: u32,
@@ -133,7 +133,7 @@ struct ForwardStep {
 // Inference with W_hh rounded to f16 (util.wgsl pack_half): half the bytes per step read.
 override HALF_WEIGHTS: bool = false;
 
-@group(0) @binding(0) var<uniform> fp: ForwardStep;
+@group(0) @binding(0) var<uniform> fp: ForwardStepParams;
 @group(0) @binding(1) var<storage, read> xproj: array<f32>;              // (T_c, B, G·H): x·W_ihᵀ + b_ih of one chunk
 @group(0) @binding(2) var<storage, read> w_hh: array<u32>;               // (G·H, H) f32 bits; HALF_WEIGHTS: (G·H, ⌈H/2⌉) f16 pairs
 @group(0) @binding(3) var<storage, read> b_hh: array<f32>;               // (G·H)
@@ -371,7 +371,7 @@ fn finish_forward(j: u32, b: u32, acc: array<f32, 4>) {
 
 // --------------------------------------------------------------- backward step
 
-struct BackwardStep {
+struct BackwardStepParams {
     batch: u32,
     hidden: u32,
     t: u32,
@@ -394,7 +394,7 @@ struct BackwardStep {
     dgh_off: u32,
 }
 
-@group(0) @binding(0) var<uniform> bp: BackwardStep;
+@group(0) @binding(0) var<uniform> bp: BackwardStepParams;
 @group(0) @binding(1) var<storage, read> bw_hh: array<f32>;              // (G·H, H); backward_step_rows: W_hhᵀ (H, G·H)
 @group(0) @binding(2) var<storage, read> blengths: array<u32>;           // (B)
 @group(0) @binding(3) var<storage, read> bh_states: array<f32>;          // (T+1, B, H)

@@ -60,6 +60,25 @@ impl CellKind {
         matches!(self, CellKind::Lstm)
     }
 
+    /// Values per hidden unit the GPU training forward saves for backward (`SAVED` of the
+    /// cell's .wgsl file): h' (RNN); i, f, g, o (LSTM); r, z, n, W_hn h + b_hn (GRU).
+    pub fn gpu_saved_per_unit(self) -> usize {
+        match self {
+            CellKind::Rnn(_) => 1,
+            CellKind::Lstm | CellKind::Gru => 4,
+        }
+    }
+
+    /// Planes of gate gradients in backward: 2 where the input-side and hidden-side gradients
+    /// differ (GRU, whose reset gate multiplies only the hidden side of n), else 1
+    /// (`GRAD_PLANES` of the cell's .wgsl file).
+    pub fn gate_gradient_planes(self) -> usize {
+        match self {
+            CellKind::Gru => 2,
+            CellKind::Rnn(_) | CellKind::Lstm => 1,
+        }
+    }
+
     /// `rnn`, `lstm` or `gru`.
     pub fn name(self) -> &'static str {
         match self {

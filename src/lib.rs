@@ -17,11 +17,9 @@
 //! ```
 
 pub mod batch;
-pub mod bench;
 pub mod config;
 pub mod cpu;
 pub mod error;
-pub mod fixture;
 pub mod gpu;
 pub mod params;
 pub mod scalar;

@@ -1,11 +1,13 @@
 //! The CPU reference against the torch fixtures, edge shapes, masking, batch_first and every
 //! input error.
 
+mod common;
+
+use common::fixture::{check_fixture, relative_error, Fixture};
 use ndarray::{s, Array, Array3, Dimension, ShapeBuilder};
 use rand::{RngExt, SeedableRng};
 use std::path::{Path, PathBuf};
 use wgpu_rnn::cpu;
-use wgpu_rnn::fixture::{check_fixture, relative_error, Fixture};
 use wgpu_rnn::{
     CellKind, Nonlinearity, RnnConfig, RnnError, RnnParams, Scalar, SequenceBatch, UpstreamGrads,
 };

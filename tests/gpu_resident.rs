@@ -5,9 +5,9 @@ mod common;
 
 use std::sync::Arc;
 
+use common::fixture::{relative_error, GRAD_TOL, OUTPUT_TOL};
 use ndarray::Array3;
 use rand::{RngExt, SeedableRng};
-use wgpu_rnn::fixture::{relative_error, GRAD_TOL, OUTPUT_TOL};
 use wgpu_rnn::gpu::{GpuContext, GpuRnn, GpuSequenceBatch, GpuTensor, GpuUpstreamGrads};
 use wgpu_rnn::{cpu, CellKind, RnnConfig, RnnError, RnnParams, SequenceBatch, UpstreamGrads};
 

@@ -6,8 +6,8 @@ mod common;
 use common::gpu;
 use ndarray::{ArrayD, IxDyn};
 use rand::{RngExt, SeedableRng};
-use wgpu::util::DeviceExt;
-use wgpu_rnn::gpu::{GpuContext, GpuTensor, PipelineKey};
+use wgpu_rnn::gpu::params::{FillParams, TransposeParams};
+use wgpu_rnn::gpu::{Access, GpuContext, GpuTensor, Kernel, PipelineKey, Recorder};
 use wgpu_rnn::RnnError;
 
 const UTIL: &str = include_str!("../shaders/util.wgsl");
@@ -27,49 +27,30 @@ fn util_key(entry: &'static str, workgroup_size: u32) -> PipelineKey {
     }
 }
 
-/// Runs one util.wgsl entry point over `items` invocations with `buffers` at bindings 0.. .
-fn dispatch(
+/// Runs one util.wgsl entry point over `items` invocations through the library's launch path,
+/// `storage` at bindings 1.., `params` at binding 0.
+fn dispatch<P: bytemuck::Pod>(
     ctx: &GpuContext,
     entry: &'static str,
     workgroup_size: u32,
-    buffers: &[&wgpu::Buffer],
+    storage: &[&GpuTensor],
+    params: &P,
     items: usize,
 ) -> wgpu_rnn::Result<()> {
-    let pipeline = ctx.pipeline(&util_key(entry, workgroup_size))?;
-    let entries: Vec<wgpu::BindGroupEntry> = buffers
-        .iter()
-        .enumerate()
-        .map(|(binding, buffer)| wgpu::BindGroupEntry {
-            binding: binding as u32,
-            resource: buffer.as_entire_binding(),
-        })
-        .collect();
-    let bind_group = ctx.device().create_bind_group(&wgpu::BindGroupDescriptor {
-        label: Some(entry),
-        layout: &pipeline.get_bind_group_layout(0),
-        entries: &entries,
-    });
-    let (x, y) = ctx.grid_1d(items.div_ceil(workgroup_size as usize))?;
-    let mut encoder = ctx
-        .device()
-        .create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some(entry) });
-    {
-        let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor::default());
-        pass.set_pipeline(&pipeline);
-        pass.set_bind_group(0, &bind_group, &[]);
-        pass.dispatch_workgroups(x, y, 1);
-    }
-    ctx.queue().submit([encoder.finish()]);
+    let access = match storage.len() {
+        1 => vec![Access::ReadWrite],
+        n => [vec![Access::Read; n - 1], vec![Access::ReadWrite]].concat(),
+    };
+    let kernel = Kernel::new(
+        ctx,
+        util_key(entry, workgroup_size),
+        &access,
+        workgroup_size as usize,
+    )?;
+    let mut rec = Recorder::new(ctx);
+    rec.dispatch_1d(&kernel, storage, params, items)?;
+    rec.submit()?;
     ctx.sync()
-}
-
-fn uniform(ctx: &GpuContext, words: &[u32]) -> wgpu::Buffer {
-    ctx.device()
-        .create_buffer_init(&wgpu::util::BufferInitDescriptor {
-            label: Some("params"),
-            contents: bytemuck::cast_slice(words),
-            usage: wgpu::BufferUsages::UNIFORM,
-        })
 }
 
 /// Transposes (a, b, f) -> (b, a, f) on the GPU into a NaN-poisoned output.
@@ -81,12 +62,17 @@ fn gpu_transpose(
 ) -> Vec<f32> {
     let x = GpuTensor::from_slice(ctx, "transpose input", &[a, b, f], input).unwrap();
     let out = GpuTensor::filled(ctx, "transpose output", &[b, a, f], f32::NAN).unwrap();
-    let params = uniform(ctx, &[a as u32, b as u32, f as u32]);
+    let params = TransposeParams {
+        a: a as u32,
+        b: b as u32,
+        f: f as u32,
+    };
     dispatch(
         ctx,
         "transpose",
         workgroup_size,
-        &[&params, x.buffer(), out.buffer()],
+        &[&x, &out],
+        &params,
         a * b * f,
     )
     .unwrap();
@@ -183,8 +169,11 @@ fn fill_kernel_writes_exactly_len_elements() {
     let Some(ctx) = gpu() else { return };
     for &len in &ODD_LENGTHS {
         let out = GpuTensor::filled(&ctx, "fill output", &[len + 1], f32::NAN).unwrap();
-        let params = uniform(&ctx, &[len as u32, 2.5f32.to_bits()]);
-        dispatch(&ctx, "fill", 64, &[&params, out.buffer()], len).unwrap();
+        let params = FillParams {
+            len: len as u32,
+            value: 2.5,
+        };
+        dispatch(&ctx, "fill", 64, &[&out], &params, len).unwrap();
         let got = out.to_vec(&ctx).unwrap();
         let mut want = vec![2.5; len];
         want.push(f32::NAN);
@@ -247,9 +236,19 @@ fn validation_errors_are_returned_as_device_errors_not_panics() {
     }
     // A context of its own: the shared one must not see this test's deliberate errors.
     let ctx = GpuContext::new().unwrap();
+    // Mapping for reading and writing at once is invalid without MAPPABLE_PRIMARY_BUFFERS.
+    let _invalid = ctx.device().create_buffer(&wgpu::BufferDescriptor {
+        label: Some("invalid"),
+        size: 16,
+        usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::MAP_WRITE,
+        mapped_at_creation: false,
+    });
+    let err = ctx.sync().unwrap_err();
+    assert!(matches!(err, RnnError::Device(_)), "{err}");
+    // transpose needs two storage bindings; a pipeline layout with one fails validation.
     let out = GpuTensor::zeros(&ctx, "out", &[8]).unwrap();
-    // transpose needs three bindings; give it one.
-    let err = dispatch(&ctx, "transpose", 64, &[out.buffer()], 8).unwrap_err();
+    let params = FillParams { len: 8, value: 1.0 };
+    let err = dispatch(&ctx, "transpose", 64, &[&out], &params, 8).unwrap_err();
     assert!(matches!(err, RnnError::Device(_)), "{err}");
     // Reported once, then the context is usable again.
     ctx.sync().unwrap();

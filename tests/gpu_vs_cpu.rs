@@ -5,9 +5,9 @@ mod common;
 
 use std::sync::Arc;
 
+use common::fixture::{check_fixture, relative_error, Fixture, GRAD_TOL, OUTPUT_TOL};
 use ndarray::{Array3, ArrayView3, Axis};
 use rand::{RngExt, SeedableRng};
-use wgpu_rnn::fixture::{check_fixture, relative_error, Fixture, GRAD_TOL, OUTPUT_TOL};
 use wgpu_rnn::gpu::{GpuContext, GpuRnn};
 use wgpu_rnn::{
     cpu, CellKind, ForwardOutput, Gradients, Nonlinearity, RnnConfig, RnnError, RnnParams,
@@ -522,7 +522,7 @@ fn stream_steps_equal_full_forward() {
                     "{cell:?} chunk {chunk}: c"
                 );
             }
-            stream.reset();
+            stream.reset().expect("reset");
             let (h, _) = stream.state().expect("state after reset");
             assert!(h.iter().all(|&v| v == 0.0), "reset leaves a nonzero state");
         }

@@ -1,11 +1,13 @@
 //! Backpropagation through time against central finite differences, in f64, over small random
 //! configurations of every cell and option.
 
+mod common;
+
+use common::fixture::relative_error;
 use ndarray::{Array, Array3, ArrayViewMutD, ShapeBuilder};
 use rand::rngs::StdRng;
 use rand::{RngExt, SeedableRng};
 use wgpu_rnn::cpu;
-use wgpu_rnn::fixture::relative_error;
 use wgpu_rnn::{
     CellKind, ForwardOutput, Nonlinearity, RnnConfig, RnnParams, SequenceBatch, UpstreamGrads,
 };

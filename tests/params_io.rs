@@ -1,10 +1,12 @@
 //! Parameters in torch's state_dict naming: a file PyTorch wrote loads unchanged, save/load
 //! round-trips, and a missing, extra or misshaped tensor is an error naming it.
 
+mod common;
+
+use common::fixture::relative_error;
 use ndarray::{Array3, ArrayD, Ix3};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use wgpu_rnn::fixture::relative_error;
 use wgpu_rnn::{cpu, tensorfile, CellKind, RnnConfig, RnnError, RnnParams, SequenceBatch};
 
 fn state_dict_dir() -> PathBuf {

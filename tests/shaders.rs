@@ -316,3 +316,45 @@ fn fragment_that_fits_no_other_file_is_reported() {
     assert_eq!(failures.len(), 1, "{failures:?}");
     assert!(failures[0].starts_with("orphan.wgsl"), "{failures:?}");
 }
+
+/// Source a parameter struct's file parses in: recurrent.wgsl needs a cell file before it.
+fn parsable_source(file: &str) -> String {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("shaders");
+    let read = |name: &str| {
+        std::fs::read_to_string(dir.join(name)).unwrap_or_else(|e| panic!("reading {name}: {e}"))
+    };
+    if file == "recurrent.wgsl" {
+        read("lstm.wgsl") + &read(file)
+    } else {
+        read(file)
+    }
+}
+
+#[test]
+fn every_parameter_struct_matches_its_wgsl_twin_in_size_and_member_offsets() {
+    let layouts = wgpu_rnn::gpu::params::layouts();
+    assert!(!layouts.is_empty());
+    for (name, file, size, fields) in layouts {
+        let module = naga::front::wgsl::parse_str(&parsable_source(file))
+            .unwrap_or_else(|e| panic!("{file}: {e}"));
+        let mut layouter = naga::proc::Layouter::default();
+        layouter.update(module.to_ctx()).expect("layout");
+        let (handle, ty) = module
+            .types
+            .iter()
+            .find(|(_, ty)| ty.name.as_deref() == Some(name))
+            .unwrap_or_else(|| panic!("struct {name} not found in {file}"));
+        let naga::TypeInner::Struct { members, .. } = &ty.inner else {
+            panic!("{name} in {file} is not a struct");
+        };
+        let wgsl: Vec<(&str, usize)> = members
+            .iter()
+            .map(|m| (m.name.as_deref().unwrap_or("?"), m.offset as usize))
+            .collect();
+        assert_eq!(wgsl, fields, "{name} ({file}): members and offsets");
+        assert_eq!(
+            layouter[handle].size as usize, size,
+            "{name} ({file}): size"
+        );
+    }
+}

@@ -2,6 +2,7 @@
 
 use std::collections::HashMap;
 use std::fmt;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use super::timer::PassTimer;
@@ -226,16 +227,52 @@ impl CacheKey {
     }
 }
 
-/// A wgpu device and queue with a pipeline cache and a record of device errors.
+/// Counts of [`GpuContext::counters`]; subtract two readings to count what happened between.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct GpuCounters {
+    pub buffers_created: u64,
+    pub submits: u64,
+    pub copies: u64,
+}
+
+impl std::ops::Sub for GpuCounters {
+    type Output = GpuCounters;
+
+    fn sub(self, earlier: GpuCounters) -> GpuCounters {
+        GpuCounters {
+            buffers_created: self.buffers_created - earlier.buffers_created,
+            submits: self.submits - earlier.submits,
+            copies: self.copies - earlier.copies,
+        }
+    }
+}
+
+/// Identifies a [`GpuContext`] among those of the process (shown in error messages).
+pub type ContextId = u64;
+
+/// Device errors recorded by the uncaptured-error handler, until taken.
+type ErrorSink = Arc<Mutex<Vec<String>>>;
+
+/// Bytes of unused pooled buffers kept before the pool frees them (see
+/// [`GpuContext::release_unused_buffers`]).
+const POOL_KEEP_BYTES: u64 = 512 << 20;
+
+/// A wgpu device and queue with a pipeline cache, a buffer pool and a record of device errors.
 ///
 /// `Send + Sync`; share it as `Arc<GpuContext>`.
 pub struct GpuContext {
+    id: ContextId,
     device: wgpu::Device,
     queue: wgpu::Queue,
     adapter_info: wgpu::AdapterInfo,
     limits: wgpu::Limits,
     /// Uncaptured device errors (validation, out of memory, device lost) since the last check.
-    errors: Arc<Mutex<Vec<String>>>,
+    errors: ErrorSink,
+    /// Workspace, uniform and staging buffers: one is free when the pool holds its only handle.
+    pool: Mutex<Vec<Arc<wgpu::Buffer>>>,
+    buffers_created: AtomicU64,
+    submits: AtomicU64,
+    copies: AtomicU64,
     modules: Mutex<HashMap<ModuleKey, wgpu::ShaderModule>>,
     pipelines: Mutex<HashMap<CacheKey, Arc<wgpu::ComputePipeline>>>,
     /// Set while compute passes are timed ([`GpuContext::start_pass_timing`]).
@@ -307,7 +344,13 @@ impl GpuContext {
             }
         });
         let limits = device.limits();
+        static NEXT_ID: AtomicU64 = AtomicU64::new(1);
         Ok(GpuContext {
+            id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
+            pool: Mutex::new(Vec::new()),
+            buffers_created: AtomicU64::new(0),
+            submits: AtomicU64::new(0),
+            copies: AtomicU64::new(0),
             device,
             queue,
             adapter_info,
@@ -321,6 +364,81 @@ impl GpuContext {
 
     pub fn device(&self) -> &wgpu::Device {
         &self.device
+    }
+
+    /// This context's identity, which every tensor, tape and stream made on it carries.
+    pub fn id(&self) -> ContextId {
+        self.id
+    }
+
+    /// What the library has done on this context so far: buffers created (repeated calls of
+    /// one shape reuse pooled buffers, so a steady loop adds none), command buffers submitted,
+    /// and buffer-to-buffer copies recorded.
+    pub fn counters(&self) -> GpuCounters {
+        GpuCounters {
+            buffers_created: self.buffers_created.load(Ordering::Relaxed),
+            submits: self.submits.load(Ordering::Relaxed),
+            copies: self.copies.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Submits one command buffer, counted in [`GpuContext::counters`].
+    pub(crate) fn submit(&self, commands: wgpu::CommandBuffer) {
+        self.submits.fetch_add(1, Ordering::Relaxed);
+        self.queue.submit([commands]);
+    }
+
+    /// Counts `n` recorded buffer copies in [`GpuContext::counters`].
+    pub(crate) fn count_copies(&self, n: usize) {
+        self.copies.fetch_add(n as u64, Ordering::Relaxed);
+    }
+
+    /// Creates a buffer, counted in [`GpuContext::buffers_created`].
+    pub(crate) fn create_buffer(
+        &self,
+        label: &str,
+        size: u64,
+        usage: wgpu::BufferUsages,
+    ) -> wgpu::Buffer {
+        self.buffers_created.fetch_add(1, Ordering::Relaxed);
+        self.device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some(label),
+            size,
+            usage,
+            mapped_at_creation: false,
+        })
+    }
+
+    /// A free pooled buffer of exactly `size` bytes and `usage`, or a new one added to the pool.
+    /// It is free again once every handle but the pool's is dropped; GPU work already submitted
+    /// on it stays ordered before later work, so it can be handed out at once.
+    pub(crate) fn pooled_buffer(
+        &self,
+        label: &str,
+        size: u64,
+        usage: wgpu::BufferUsages,
+    ) -> Arc<wgpu::Buffer> {
+        let mut pool = lock(&self.pool);
+        let is_free = |b: &Arc<wgpu::Buffer>| Arc::strong_count(b) == 1;
+        if let Some(buffer) = pool
+            .iter()
+            .find(|b| is_free(b) && b.size() == size && b.usage() == usage)
+        {
+            return Arc::clone(buffer);
+        }
+        let free_bytes: u64 = pool.iter().filter(|b| is_free(b)).map(|b| b.size()).sum();
+        if free_bytes > POOL_KEEP_BYTES {
+            pool.retain(|b| !is_free(b));
+        }
+        let buffer = Arc::new(self.create_buffer(label, size, usage));
+        pool.push(Arc::clone(&buffer));
+        buffer
+    }
+
+    /// Frees the pooled buffers no tensor uses now (the pool also does so by itself once more
+    /// than 512 MiB lie unused).
+    pub fn release_unused_buffers(&self) {
+        lock(&self.pool).retain(|b| Arc::strong_count(b) > 1);
     }
 
     pub fn queue(&self) -> &wgpu::Queue {
@@ -480,11 +598,36 @@ impl GpuContext {
             .clone()
     }
 
+    /// Runs `f` inside validation and out-of-memory error scopes of this thread, so that a device
+    /// error `f` causes is its result (named by `what`), and errors of calls on other threads
+    /// are not.
+    pub(crate) fn scoped<T>(&self, what: &str, f: impl FnOnce() -> Result<T>) -> Result<T> {
+        let out_of_memory = self.device.push_error_scope(wgpu::ErrorFilter::OutOfMemory);
+        let validation = self.device.push_error_scope(wgpu::ErrorFilter::Validation);
+        let result = f();
+        // Popping takes effect at once; on native backends the futures are already resolved.
+        let validation = pollster::block_on(validation.pop());
+        let out_of_memory = pollster::block_on(out_of_memory.pop());
+        match (result, validation.or(out_of_memory)) {
+            (Err(e), _) => Err(e),
+            (Ok(_), Some(error)) => Err(RnnError::Device(format!("{what}: {error}"))),
+            (Ok(value), None) => Ok(value),
+        }
+    }
+
+    /// Waits for all submitted work (no error check).
+    pub(crate) fn wait(&self) -> Result<()> {
+        self.device
+            .poll(wgpu::PollType::wait_indefinitely())
+            .map(|_| ())
+            .map_err(|e| RnnError::Device(format!("waiting for the GPU: {e}")))
+    }
+
     /// Waits for all submitted work, then returns the device errors raised since the last call
     /// (validation, out of memory, device lost) as one [`RnnError::Device`].
     ///
-    /// Errors are recorded per context, not per thread: work from several threads on one context
-    /// reports its errors to whichever calls `sync` (or reads back) first.
+    /// These are the errors no call of the library caused (each of those returns its own): an
+    /// application's own misuse of the device, or a device loss.
     pub fn sync(&self) -> Result<()> {
         let polled = self.device.poll(wgpu::PollType::wait_indefinitely());
         self.take_errors()?;
@@ -546,7 +689,7 @@ impl GpuContext {
 }
 
 /// Locks a mutex, ignoring poisoning: every value guarded here stays valid if a holder panicked.
-fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+pub(crate) fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     mutex
         .lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner)

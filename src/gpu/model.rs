@@ -9,15 +9,15 @@
 use std::sync::Arc;
 
 use ndarray::{Array1, Array2, Array3, ArrayView3};
-use wgpu::util::DeviceExt;
 
-use super::buffer::GpuTensor;
-use super::context::GpuContext;
-use super::kernels::{param_stride, CellKernels, Recorder, GEMM_TILE_M};
+use super::context::{ContextId, GpuContext};
+use super::kernels::{CellKernels, GEMM_TILE_M};
+use super::recorder::{param_stride, Recorded, Recorder, Sink};
 use super::sequence::{
     output_tensor, run_backward, run_forward, BackwardIo, BackwardWorkspace, Dims, ForwardIo,
     ForwardWorkspace, LayerGradIo, LayerWeights, StateLayout,
 };
+use super::tensor::GpuTensor;
 use crate::batch::{
     check_lengths, check_params, ForwardOutput, Gradients, SequenceBatch, UpstreamGrads,
 };
@@ -27,6 +27,9 @@ use crate::params::{LayerParams, RnnParams};
 
 /// Default upper bound of one input-projection chunk (T_c, B, G·H) in bytes, for inference.
 const XPROJ_CHUNK_BYTES: usize = 64 << 20;
+/// Default upper bound of the time steps of one inference chunk: what one recording holds
+/// (parameters, bind groups, commands) stays bounded however long the sequence.
+const MAX_CHUNK_STEPS: usize = 1024;
 
 /// An RNN, LSTM or GRU whose weights live on the GPU (uploaded once, per layer and direction).
 #[derive(Debug)]
@@ -83,9 +86,12 @@ impl<'a> GpuSequenceBatch<'a> {
         self
     }
 
-    /// Validates every shape and length against `config`; returns (T, B).
-    fn validate(&self, config: &RnnConfig) -> Result<(usize, usize)> {
+    /// Validates every shape, length and context against `config` and `ctx`; returns (T, B).
+    fn validate(&self, config: &RnnConfig, ctx: &GpuContext) -> Result<(usize, usize)> {
         config.validate()?;
+        for t in [Some(self.input), self.h0, self.c0].into_iter().flatten() {
+            t.check_context(ctx)?;
+        }
         let shape = self.input.shape();
         let &[d0, d1, features] = shape else {
             return Err(RnnError::shape(
@@ -131,6 +137,8 @@ pub struct GpuForwardOutput {
     /// (L·D, B, H), LSTM only
     pub c_n: Option<GpuTensor>,
     ctx: Arc<GpuContext>,
+    /// What a recording into a caller's encoder refers to, until this output is dropped.
+    _recorded: Recorded,
 }
 
 impl GpuForwardOutput {
@@ -178,7 +186,13 @@ impl<'a> GpuUpstreamGrads<'a> {
         self
     }
 
-    fn validate(&self, config: &RnnConfig, t: usize, b: usize) -> Result<()> {
+    fn validate(&self, config: &RnnConfig, ctx: &GpuContext, t: usize, b: usize) -> Result<()> {
+        for g in [Some(self.output), self.h_n, self.c_n]
+            .into_iter()
+            .flatten()
+        {
+            g.check_context(ctx)?;
+        }
         let expected = config.sequence_shape(t, b, config.output_size());
         check_shape("grad_output", &expected, self.output.shape())?;
         let state = config.state_shape(b);
@@ -219,6 +233,7 @@ pub struct GpuGradients {
     pub c0: Option<GpuTensor>,
     config: RnnConfig,
     ctx: Arc<GpuContext>,
+    _recorded: Recorded,
 }
 
 impl GpuGradients {
@@ -258,11 +273,16 @@ impl GpuGradients {
 /// What [`GpuRnn::backward`] needs from a [`GpuRnn::forward_train`] call, kept on the GPU:
 /// a copy of the input, every layer's output, all states (T + 1 slots) and the saved gate
 /// activations.
+///
+/// It knows the context and the configuration of the model that recorded it: backward with a
+/// model of another cell, nonlinearity, size or context is an error naming both.
 #[derive(Debug)]
 pub struct GpuTape {
+    context: ContextId,
+    config: RnnConfig,
     dims: Dims,
     /// (B) u32
-    lengths: wgpu::Buffer,
+    lengths: GpuTensor,
     forward: ForwardWorkspace,
 }
 
@@ -271,21 +291,56 @@ impl GpuTape {
     pub fn seq_and_batch(&self) -> (usize, usize) {
         (self.dims.t, self.dims.b)
     }
+
+    /// An error unless this tape was recorded by a training forward of a model of `config` on
+    /// `ctx`.
+    fn check_model(&self, config: &RnnConfig, ctx: &GpuContext) -> Result<()> {
+        if self.context != ctx.id() {
+            return Err(RnnError::Config(format!(
+                "backward: the tape was recorded on GPU context {}, the model lives on context {}",
+                self.context,
+                ctx.id()
+            )));
+        }
+        if &self.config != config {
+            return Err(RnnError::Config(format!(
+                "backward: the tape was recorded by a model of {:?}, not of this model's {:?}",
+                self.config, config
+            )));
+        }
+        if self.forward.layout != StateLayout::Sequence {
+            return Err(RnnError::Config(
+                "backward needs the tape of forward_train".into(),
+            ));
+        }
+        Ok(())
+    }
 }
 
 impl GpuRnn {
     /// Uploads `params`; the kernels of its cell come from the context's pipeline cache.
     pub fn new(ctx: Arc<GpuContext>, params: &RnnParams<f32>) -> Result<Self> {
         check_params(params)?;
-        let kernels = CellKernels::new(&ctx, params.config.cell)?;
+        let rows = params.config.gate_rows();
         let weights = params
             .layers
             .iter()
-            .map(|p| upload_layer(&ctx, p, params.config.gate_rows()))
+            .map(|p| upload_layer(&ctx, p, rows))
             .collect::<Result<Vec<_>>>()?;
+        Self::from_weights(ctx, params.config.clone(), weights)
+    }
+
+    /// A model over weights already on the GPU (a trainer's views into its flat parameters).
+    pub(crate) fn from_weights(
+        ctx: Arc<GpuContext>,
+        config: RnnConfig,
+        weights: Vec<LayerWeights>,
+    ) -> Result<Self> {
+        config.validate()?;
+        let kernels = CellKernels::new(&ctx, config.cell)?;
         Ok(GpuRnn {
             ctx,
-            config: params.config.clone(),
+            config,
             weights: Arc::new(weights),
             kernels,
             poison: false,
@@ -301,10 +356,10 @@ impl GpuRnn {
         self
     }
 
-    /// Inference ([`GpuRnn::forward`], [`GpuRnn::forward_gpu`]) projects the input and submits
-    /// the work in chunks of `steps` time steps (at least 1), so that its workspace does not
-    /// grow with T. The default fits one chunk's input projections (T_c, B, G·H) in 64 MiB.
-    /// Results do not depend on it.
+    /// Inference ([`GpuRnn::forward`], [`GpuRnn::forward_gpu`], streams) projects the input
+    /// and records the work in chunks of `steps` time steps (at least 1), so that its memory
+    /// does not grow with T. The default fits one chunk's input projections (T_c, B, G·H) in
+    /// 64 MiB and takes at most 1024 steps. Results do not depend on it.
     pub fn with_time_chunk(mut self, steps: usize) -> Self {
         self.time_chunk = Some(steps.max(1));
         self
@@ -315,8 +370,8 @@ impl GpuRnn {
     /// time step, which bounds small-batch steps on a GPU. Expect relative errors around 1e-4
     /// (f16 keeps 11 significant bits) instead of 1e-7; weights beyond ±65504 saturate.
     /// Training and backward keep f32. The f16 copy (G·H·⌈H/2⌉ words per layer and direction)
-    /// follows [`GpuRnn::update_params`] and [`GpuRnn::copy_weights_from`]. Set it before
-    /// creating streams: a model shared with a stream is a [`RnnError::Config`].
+    /// follows [`GpuRnn::update_params`]. Set it before creating streams: a model shared with a
+    /// stream is a [`RnnError::Config`].
     pub fn half_recurrent_weights(mut self, on: bool) -> Result<Self> {
         let Some(weights) = Arc::get_mut(&mut self.weights) else {
             return Err(RnnError::Config(
@@ -332,7 +387,8 @@ impl GpuRnn {
                 None
             };
         }
-        self.pack_half_weights()?;
+        self.ctx
+            .scoped("half_recurrent_weights", || self.pack_half_weights())?;
         Ok(self)
     }
 
@@ -342,10 +398,10 @@ impl GpuRnn {
             return Ok(());
         }
         let mut rec = Recorder::new(&self.ctx);
+        let shape = (self.config.gate_rows(), self.config.hidden_size);
         for w in self.weights.iter() {
             if let Some(half) = &w.w_hh_half {
-                let shape = (self.config.gate_rows(), self.config.hidden_size);
-                rec.pack_half(&self.kernels, w.w_hh.buffer(), half.buffer(), shape)?;
+                self.kernels.pack_half(&mut rec, &w.w_hh, half, shape)?;
             }
         }
         rec.submit()
@@ -377,54 +433,8 @@ impl GpuRnn {
                 target.b_hh.write(&self.ctx, &b_hh.to_vec())?;
             }
         }
-        self.pack_half_weights()
-    }
-
-    /// Replaces the weights from a GPU buffer without a host round trip. `source` holds every
-    /// tensor in torch state_dict order (per layer and direction: w_ih, w_hh, then b_ih, b_hh
-    /// when the config has bias), back to back from element `offset`. Returns the element
-    /// offset after the last tensor. Like [`GpuRnn::update_params`], invalidates older tapes.
-    pub fn copy_weights_from(&mut self, source: &GpuTensor, offset: usize) -> Result<usize> {
-        let mut copies = Vec::new();
-        let mut next = offset;
-        for w in self.weights.iter() {
-            let biases = if self.config.bias {
-                [Some(&w.b_ih), Some(&w.b_hh)]
-            } else {
-                [None, None]
-            };
-            for target in [Some(&w.w_ih), Some(&w.w_hh)]
-                .into_iter()
-                .chain(biases)
-                .flatten()
-            {
-                copies.push((next, target));
-                next += target.len();
-            }
-        }
-        if next > source.len() {
-            return Err(RnnError::shape("weight source", &[next], &[source.len()]));
-        }
-        let f32_bytes = std::mem::size_of::<f32>() as u64;
-        let mut encoder =
-            self.ctx
-                .device()
-                .create_command_encoder(&wgpu::CommandEncoderDescriptor {
-                    label: Some("copy weights"),
-                });
-        for (start, target) in copies {
-            encoder.copy_buffer_to_buffer(
-                source.buffer(),
-                start as u64 * f32_bytes,
-                target.buffer(),
-                0,
-                target.len() as u64 * f32_bytes,
-            );
-        }
-        self.ctx.queue().submit([encoder.finish()]);
-        self.pack_half_weights()?;
-        self.ctx.take_errors()?;
-        Ok(next)
+        self.ctx
+            .scoped("update_params", || self.pack_half_weights())
     }
 
     /// Inference over a whole batch: uploads, [`GpuRnn::forward_gpu`], reads back.
@@ -457,11 +467,33 @@ impl GpuRnn {
         Ok((output.to_host()?, tape))
     }
 
-    /// Inference on GPU tensors: one recording for the whole sequence, or one per time chunk
-    /// ([`GpuRnn::with_time_chunk`]); two state slots per layer and direction. Nothing is read
-    /// back: the results can feed the next call.
+    /// Inference on GPU tensors, submitted: one recording for the whole sequence, or one per
+    /// time chunk ([`GpuRnn::with_time_chunk`]); two state slots per layer and direction.
+    /// Nothing is read back: the results can feed the next call.
     pub fn forward_gpu(&self, batch: &GpuSequenceBatch<'_>) -> Result<GpuForwardOutput> {
-        Ok(self.run_forward(batch, StateLayout::PingPong)?.0)
+        Ok(self
+            .run_forward(batch, StateLayout::PingPong, &mut Sink::Submit)?
+            .0)
+    }
+
+    /// [`GpuRnn::forward_gpu`] recorded into the caller's `encoder`; nothing is submitted.
+    /// The results hold what the recording refers to: keep them until the encoder is
+    /// submitted. The parameters of every time step are kept until then (about 256 bytes per
+    /// step and layer·direction).
+    pub fn record_forward(
+        &self,
+        encoder: &mut wgpu::CommandEncoder,
+        batch: &GpuSequenceBatch<'_>,
+    ) -> Result<GpuForwardOutput> {
+        let mut recorded = Recorded::default();
+        let mut sink = Sink::Encoder {
+            encoder,
+            recorded: &mut recorded,
+        };
+        let (mut output, tape) = self.run_forward(batch, StateLayout::PingPong, &mut sink)?;
+        recorded.keep(tape.forward.tensors().chain([&tape.lengths]));
+        output._recorded = recorded;
+        Ok(output)
     }
 
     /// Training forward on GPU tensors: like [`GpuRnn::forward_gpu`] in one recording, and keeps
@@ -470,7 +502,24 @@ impl GpuRnn {
         &self,
         batch: &GpuSequenceBatch<'_>,
     ) -> Result<(GpuForwardOutput, GpuTape)> {
-        self.run_forward(batch, StateLayout::Sequence)
+        self.run_forward(batch, StateLayout::Sequence, &mut Sink::Submit)
+    }
+
+    /// [`GpuRnn::forward_train_gpu`] recorded into the caller's `encoder`; nothing is
+    /// submitted. Keep the results until the encoder is submitted.
+    pub fn record_forward_train(
+        &self,
+        encoder: &mut wgpu::CommandEncoder,
+        batch: &GpuSequenceBatch<'_>,
+    ) -> Result<(GpuForwardOutput, GpuTape)> {
+        let mut recorded = Recorded::default();
+        let mut sink = Sink::Encoder {
+            encoder,
+            recorded: &mut recorded,
+        };
+        let (mut output, tape) = self.run_forward(batch, StateLayout::Sequence, &mut sink)?;
+        output._recorded = recorded;
+        Ok((output, tape))
     }
 
     fn upload_batch(
@@ -479,11 +528,10 @@ impl GpuRnn {
     ) -> Result<(GpuTensor, Option<GpuTensor>, Option<GpuTensor>)> {
         let ctx = &*self.ctx;
         let upload = |label: &str, a: Option<ArrayView3<f32>>| {
-            a.map(|a| GpuTensor::from_array(ctx, label, a.into_dyn()))
-                .transpose()
+            a.map(|a| upload_pooled(ctx, label, a)).transpose()
         };
         Ok((
-            GpuTensor::from_array(ctx, "input", batch.input.into_dyn())?,
+            upload_pooled(ctx, "input", batch.input)?,
             upload("h0", batch.h0)?,
             upload("c0", batch.c0)?,
         ))
@@ -502,25 +550,39 @@ impl GpuRnn {
         let gemm_rows = limits.max_compute_workgroups_per_dimension as usize * GEMM_TILE_M;
         // One chunk's dispatches: its steps, the gemm and up to two transposes.
         let dispatches = limits.max_buffer_size as usize / param_stride(&self.ctx);
-        (budget / row_bytes)
+        let fits = (budget / row_bytes)
             .min(gemm_rows / dims.b)
-            .min(dispatches.saturating_sub(3))
-            .max(1)
+            .min(dispatches.saturating_sub(3));
+        fits.clamp(1, MAX_CHUNK_STEPS)
     }
 
     fn run_forward(
         &self,
         batch: &GpuSequenceBatch<'_>,
         layout: StateLayout,
+        sink: &mut Sink<'_>,
     ) -> Result<(GpuForwardOutput, GpuTape)> {
-        let (t, b) = batch.validate(&self.config)?;
+        let what = match layout {
+            StateLayout::PingPong => "forward",
+            StateLayout::Sequence => "training forward",
+        };
+        self.ctx
+            .scoped(what, || self.record_forward_in(batch, layout, sink))
+    }
+
+    fn record_forward_in(
+        &self,
+        batch: &GpuSequenceBatch<'_>,
+        layout: StateLayout,
+        sink: &mut Sink<'_>,
+    ) -> Result<(GpuForwardOutput, GpuTape)> {
+        let (t, b) = batch.validate(&self.config, &self.ctx)?;
         let dims = Dims::new(&self.config, t, b);
         let ctx = &*self.ctx;
         let lengths = match batch.lengths {
-            Some(lengths) => lengths.to_vec(),
-            None => vec![t; b],
+            Some(lengths) => upload_lengths(ctx, lengths)?,
+            None => upload_lengths(ctx, &vec![t; b])?,
         };
-        let lengths = upload_lengths(ctx, &lengths)?;
         let output_shape = self.config.sequence_shape(t, b, self.config.output_size());
         let output = output_tensor(ctx, "output", &output_shape, self.poison)?;
         let state = self.config.state_shape(b);
@@ -543,7 +605,6 @@ impl GpuRnn {
             &self.kernels,
             &self.weights,
             &dims,
-            &lengths,
             ForwardIo {
                 input: batch.input,
                 output: &output,
@@ -551,16 +612,21 @@ impl GpuRnn {
                 c0: batch.c0,
                 h_n: &h_n,
                 c_n: c_n.as_ref(),
+                lengths: &lengths,
             },
             &ws,
+            sink,
         )?;
         let output = GpuForwardOutput {
             output,
             h_n,
             c_n,
             ctx: Arc::clone(&self.ctx),
+            _recorded: Recorded::default(),
         };
         let tape = GpuTape {
+            context: ctx.id(),
+            config: self.config.clone(),
             dims,
             lengths,
             forward: ws,
@@ -571,13 +637,13 @@ impl GpuRnn {
     /// Backpropagation through time over `tape` (from [`GpuRnn::forward_train`] with the
     /// current weights): uploads, [`GpuRnn::backward_gpu`], reads back.
     pub fn backward(&self, tape: &GpuTape, grads: &UpstreamGrads<f32>) -> Result<Gradients<f32>> {
+        tape.check_model(&self.config, &self.ctx)?;
         grads.validate(&self.config, tape.dims.t, tape.dims.b)?;
         let ctx = &*self.ctx;
         let upload = |label: &str, a: Option<ArrayView3<f32>>| {
-            a.map(|a| GpuTensor::from_array(ctx, label, a.into_dyn()))
-                .transpose()
+            a.map(|a| upload_pooled(ctx, label, a)).transpose()
         };
-        let output = GpuTensor::from_array(ctx, "grad_output", grads.output.into_dyn())?;
+        let output = upload_pooled(ctx, "grad_output", grads.output)?;
         let h_n = upload("grad_h_n", grads.h_n)?;
         let c_n = upload("grad_c_n", grads.c_n)?;
         let upstream = GpuUpstreamGrads {
@@ -588,29 +654,54 @@ impl GpuRnn {
         self.backward_gpu(tape, &upstream)?.to_host()
     }
 
-    /// Backpropagation through time on GPU tensors: d loss / d (parameters, input, h0, c0),
-    /// in one recording. Nothing is read back.
+    /// Backpropagation through time on GPU tensors, submitted: d loss / d (parameters, input,
+    /// h0, c0), in one recording. Nothing is read back.
     pub fn backward_gpu(
         &self,
         tape: &GpuTape,
         grads: &GpuUpstreamGrads<'_>,
     ) -> Result<GpuGradients> {
-        if tape.forward.layout != StateLayout::Sequence {
-            return Err(RnnError::Config(
-                "backward needs the tape of forward_train".into(),
-            ));
-        }
+        self.run_backward(tape, grads, &mut Sink::Submit)
+    }
+
+    /// [`GpuRnn::backward_gpu`] recorded into the caller's `encoder`; nothing is submitted.
+    /// Keep the results (and the tape) until the encoder is submitted.
+    pub fn record_backward(
+        &self,
+        encoder: &mut wgpu::CommandEncoder,
+        tape: &GpuTape,
+        grads: &GpuUpstreamGrads<'_>,
+    ) -> Result<GpuGradients> {
+        let mut recorded = Recorded::default();
+        let mut sink = Sink::Encoder {
+            encoder,
+            recorded: &mut recorded,
+        };
+        let mut gradients = self.run_backward(tape, grads, &mut sink)?;
+        recorded.keep(tape.forward.tensors().chain([&tape.lengths]));
+        gradients._recorded = recorded;
+        Ok(gradients)
+    }
+
+    fn run_backward(
+        &self,
+        tape: &GpuTape,
+        grads: &GpuUpstreamGrads<'_>,
+        sink: &mut Sink<'_>,
+    ) -> Result<GpuGradients> {
+        self.ctx
+            .scoped("backward", || self.record_backward_in(tape, grads, sink))
+    }
+
+    fn record_backward_in(
+        &self,
+        tape: &GpuTape,
+        grads: &GpuUpstreamGrads<'_>,
+        sink: &mut Sink<'_>,
+    ) -> Result<GpuGradients> {
+        tape.check_model(&self.config, &self.ctx)?;
         let dims = tape.dims;
-        if dims.layers != self.config.num_layers
-            || dims.directions != self.config.num_directions()
-            || dims.h != self.config.hidden_size
-            || dims.input != self.config.input_size
-        {
-            return Err(RnnError::Config(
-                "backward: the tape was recorded by a model of another configuration".into(),
-            ));
-        }
-        grads.validate(&self.config, dims.t, dims.b)?;
+        grads.validate(&self.config, &self.ctx, dims.t, dims.b)?;
         let ctx = &*self.ctx;
         let poison = self.poison;
         let rows = self.config.gate_rows();
@@ -639,19 +730,9 @@ impl GpuRnn {
             .has_c
             .then(|| output_tensor(ctx, "grad c0", &state, poison))
             .transpose()?;
-        let ws = BackwardWorkspace::new(ctx, &dims, self.config.batch_first, poison)?;
-        let tape_input =
-            tape.forward.seq_input.as_ref().ok_or_else(|| {
-                RnnError::Config("backward needs the tape of forward_train".into())
-            })?;
-        run_backward(
-            ctx,
-            &self.kernels,
-            &self.weights,
-            &dims,
-            tape_input,
-            &tape.lengths,
-            &tape.forward,
+        self.record_backward_into(
+            tape,
+            grads,
             BackwardIo {
                 d_output: grads.output,
                 d_h_n: grads.h_n,
@@ -668,7 +749,7 @@ impl GpuRnn {
                     })
                     .collect(),
             },
-            &ws,
+            sink,
         )?;
         Ok(GpuGradients {
             params,
@@ -677,7 +758,77 @@ impl GpuRnn {
             c0,
             config: self.config.clone(),
             ctx: Arc::clone(&self.ctx),
+            _recorded: Recorded::default(),
         })
+    }
+
+    /// Backward over `tape`, submitted, writing the parameter gradients into `params` (a
+    /// trainer's views of its flat gradients); returns d loss / d input.
+    pub(crate) fn backward_into(
+        &self,
+        tape: &GpuTape,
+        grads: &GpuUpstreamGrads<'_>,
+        params: Vec<LayerGradIo<'_>>,
+    ) -> Result<GpuTensor> {
+        tape.check_model(&self.config, &self.ctx)?;
+        let dims = tape.dims;
+        grads.validate(&self.config, &self.ctx, dims.t, dims.b)?;
+        let ctx = &*self.ctx;
+        let input_shape = self.config.sequence_shape(dims.t, dims.b, dims.input);
+        let input = output_tensor(ctx, "grad input", &input_shape, self.poison)?;
+        let state = self.config.state_shape(dims.b);
+        let h0 = GpuTensor::pooled(ctx, "grad h0", &state)?;
+        let c0 = dims
+            .has_c
+            .then(|| GpuTensor::pooled(ctx, "grad c0", &state))
+            .transpose()?;
+        let io = BackwardIo {
+            d_output: grads.output,
+            d_h_n: grads.h_n,
+            d_c_n: grads.c_n,
+            d_input: &input,
+            d_h0: &h0,
+            d_c0: c0.as_ref(),
+            params,
+        };
+        self.ctx.scoped("backward", || {
+            self.record_backward_into(tape, grads, io, &mut Sink::Submit)
+        })?;
+        Ok(input)
+    }
+
+    /// Records backward over `tape` writing the gradients where `io` says. `tape` and `grads`
+    /// must be checked by the caller.
+    pub(crate) fn record_backward_into(
+        &self,
+        tape: &GpuTape,
+        grads: &GpuUpstreamGrads<'_>,
+        io: BackwardIo<'_>,
+        sink: &mut Sink<'_>,
+    ) -> Result<()> {
+        let dims = tape.dims;
+        let ws = BackwardWorkspace::new(&self.ctx, &dims, self.config.batch_first, self.poison)?;
+        let tape_input =
+            tape.forward.seq_input.as_ref().ok_or_else(|| {
+                RnnError::Config("backward needs the tape of forward_train".into())
+            })?;
+        debug_assert!(std::ptr::eq(io.d_output, grads.output));
+        run_backward(
+            &self.ctx,
+            &self.kernels,
+            &self.weights,
+            &dims,
+            tape_input,
+            &tape.lengths,
+            &tape.forward,
+            io,
+            &ws,
+            sink,
+        )?;
+        if let Sink::Encoder { recorded, .. } = sink {
+            recorded.keep(ws.tensors());
+        }
+        Ok(())
     }
 
     /// Streaming inference over a batch of `batch_size` sequences, state kept on the GPU and
@@ -697,9 +848,13 @@ impl GpuRnn {
         let ctx = &*self.ctx;
         Ok(GpuStream {
             ctx: Arc::clone(&self.ctx),
-            config: self.config.clone(),
+            config: RnnConfig {
+                batch_first: false,
+                ..self.config.clone()
+            },
             weights: Arc::clone(&self.weights),
             kernels: Arc::clone(&self.kernels),
+            time_chunk: self.time_chunk,
             batch_size,
             h: GpuTensor::zeros(ctx, "stream h", &shape)?,
             c: self
@@ -727,9 +882,11 @@ fn check_cell_state(config: &RnnConfig, tensor: &str) -> Result<()> {
 #[derive(Debug)]
 pub struct GpuStream {
     ctx: Arc<GpuContext>,
+    /// The model's configuration, seq-major.
     config: RnnConfig,
     weights: Arc<Vec<LayerWeights>>,
     kernels: Arc<CellKernels>,
+    time_chunk: Option<usize>,
     batch_size: usize,
     /// (L, B, H)
     h: GpuTensor,
@@ -741,6 +898,38 @@ impl GpuStream {
     /// Runs `x` (k, B, I), seq-major, from the current state; returns the outputs (k, B, H).
     pub fn step(&mut self, x: ArrayView3<f32>) -> Result<Array3<f32>> {
         let (k, b, i) = x.dim();
+        self.check_input(&[k, b, i])?;
+        SequenceBatch::new(x).validate(&self.config)?;
+        let input = upload_pooled(&self.ctx, "stream input", x)?;
+        let output = self.run(&input, &mut Sink::Submit)?;
+        read3(&self.ctx, &output)
+    }
+
+    /// Records a step over `x` (k, B, I) on the GPU into the caller's `encoder`; returns the
+    /// outputs (k, B, H), which hold what the recording refers to: keep them until the encoder
+    /// is submitted. The state advances when the GPU runs it.
+    pub fn record_step(
+        &mut self,
+        encoder: &mut wgpu::CommandEncoder,
+        x: &GpuTensor,
+    ) -> Result<GpuStreamOutput> {
+        x.check_context(&self.ctx)?;
+        self.check_input(x.shape())?;
+        let mut recorded = Recorded::default();
+        let mut sink = Sink::Encoder {
+            encoder,
+            recorded: &mut recorded,
+        };
+        let output = self.run(x, &mut sink)?;
+        recorded.keep([&self.h].into_iter().chain(&self.c));
+        Ok(GpuStreamOutput {
+            output,
+            _recorded: recorded,
+        })
+    }
+
+    fn check_input(&self, shape: &[usize]) -> Result<()> {
+        let k = shape.first().copied().unwrap_or(0);
         if k == 0 {
             return Err(RnnError::Config(
                 "stream step needs at least one time step".into(),
@@ -749,37 +938,46 @@ impl GpuStream {
         check_shape(
             "stream input",
             &[k, self.batch_size, self.config.input_size],
-            &[k, b, i],
-        )?;
-        let batch = SequenceBatch::new(x);
-        let seq_major = RnnConfig {
-            batch_first: false,
-            ..self.config.clone()
-        };
-        batch.validate(&seq_major)?;
+            shape,
+        )
+    }
+
+    /// Records the steps of `input` (k, B, I) from the state into `sink`; returns the outputs.
+    fn run(&mut self, input: &GpuTensor, sink: &mut Sink<'_>) -> Result<GpuTensor> {
+        let ctx = Arc::clone(&self.ctx);
+        ctx.scoped("stream step", || self.record_in(input, sink))
+    }
+
+    fn record_in(&mut self, input: &GpuTensor, sink: &mut Sink<'_>) -> Result<GpuTensor> {
         let ctx = &*self.ctx;
+        let k = input.shape()[0];
+        let b = self.batch_size;
         let dims = Dims::new(&self.config, k, b);
-        let input = GpuTensor::from_array(ctx, "stream input", x.into_dyn())?;
-        let output = GpuTensor::zeros(ctx, "stream output", &[k, b, self.config.hidden_size])?;
+        let output = GpuTensor::pooled(ctx, "stream output", &[k, b, self.config.hidden_size])?;
         let lengths = upload_lengths(ctx, &vec![k; b])?;
-        let ws = ForwardWorkspace::new(ctx, &dims, StateLayout::PingPong, k, false, false)?;
+        let chunk = self.time_chunk.unwrap_or(MAX_CHUNK_STEPS);
+        let ws = ForwardWorkspace::new(ctx, &dims, StateLayout::PingPong, chunk, false, false)?;
         run_forward(
             ctx,
             &self.kernels,
             &self.weights,
             &dims,
-            &lengths,
             ForwardIo {
-                input: &input,
+                input,
                 output: &output,
                 h0: Some(&self.h),
                 c0: self.c.as_ref(),
                 h_n: &self.h,
                 c_n: self.c.as_ref(),
+                lengths: &lengths,
             },
             &ws,
+            sink,
         )?;
-        read3(ctx, &output)
+        if let Sink::Encoder { recorded, .. } = sink {
+            recorded.keep(ws.tensors().chain([&lengths]));
+        }
+        Ok(output)
     }
 
     /// The current (h, c), each (L, B, H).
@@ -790,14 +988,20 @@ impl GpuStream {
     }
 
     /// Sets the state back to zero.
-    pub fn reset(&mut self) {
-        let zeros = vec![0.0f32; self.h.len()];
+    pub fn reset(&mut self) -> Result<()> {
+        let mut rec = Recorder::new(&self.ctx);
         for tensor in std::iter::once(&self.h).chain(self.c.as_ref()) {
-            self.ctx
-                .queue()
-                .write_buffer(tensor.buffer(), 0, bytemuck::cast_slice(&zeros));
+            rec.clear(tensor)?;
         }
+        rec.submit()
     }
+}
+
+/// The outputs (k, B, H) of [`GpuStream::record_step`].
+#[derive(Debug)]
+pub struct GpuStreamOutput {
+    pub output: GpuTensor,
+    _recorded: Recorded,
 }
 
 fn upload_layer(
@@ -823,19 +1027,27 @@ fn contiguous(a: &Array2<f32>) -> Vec<f32> {
     a.iter().copied().collect()
 }
 
-fn upload_lengths(ctx: &GpuContext, lengths: &[usize]) -> Result<wgpu::Buffer> {
+/// Uploads `a` into a pooled tensor.
+fn upload_pooled(ctx: &GpuContext, label: &str, a: ArrayView3<f32>) -> Result<GpuTensor> {
+    let (d0, d1, d2) = a.dim();
+    let tensor = GpuTensor::pooled(ctx, label, &[d0, d1, d2])?;
+    match a.as_slice() {
+        Some(values) => tensor.write(ctx, values)?,
+        None => tensor.write(ctx, &a.iter().copied().collect::<Vec<_>>())?,
+    }
+    Ok(tensor)
+}
+
+/// The lengths (B) as u32 words in a pooled tensor.
+fn upload_lengths(ctx: &GpuContext, lengths: &[usize]) -> Result<GpuTensor> {
     let words = lengths
         .iter()
         .map(|&l| u32::try_from(l))
         .collect::<std::result::Result<Vec<u32>, _>>()
         .map_err(|_| RnnError::TooLarge("a length exceeds 32 bits".into()))?;
-    Ok(ctx
-        .device()
-        .create_buffer_init(&wgpu::util::BufferInitDescriptor {
-            label: Some("lengths"),
-            contents: bytemuck::cast_slice(&words),
-            usage: wgpu::BufferUsages::STORAGE,
-        }))
+    let tensor = GpuTensor::pooled(ctx, "lengths (u32)", &[words.len()])?;
+    tensor.write(ctx, bytemuck::cast_slice(&words))?;
+    Ok(tensor)
 }
 
 fn read3(ctx: &GpuContext, tensor: &GpuTensor) -> Result<Array3<f32>> {

@@ -9,17 +9,19 @@
 //!   d_out_l → T × backward_step (+ one finishing step for dh_0) → dG (planes, T, B, G·H)
 //!   → gemm dW_ih = dG_xᵀ·x_l, dW_hh = dG_hᵀ·H_prev, column sums db, dx_l += dG_x·W_ih.
 
-use super::buffer::GpuTensor;
 use super::context::GpuContext;
 use super::kernels::{
-    CellKernels, GemmParams, Kernel, Recorder, StepKernels, STEP_ROWS_MAX_BATCH,
-    STEP_ROWS_PER_GROUP, STEP_TILE,
+    CellKernels, Gemm, Kernel, StepKernels, STEP_ROWS_MAX_BATCH, STEP_ROWS_PER_GROUP, STEP_TILE,
 };
-use crate::config::{CellKind, RnnConfig};
-use crate::error::Result;
+use super::params::{BackwardStepParams, ForwardStepParams};
+use super::recorder::{Recorder, Sink};
+use super::tensor::GpuTensor;
+use crate::config::RnnConfig;
+use crate::error::{Result, RnnError};
 
-/// Weights of one layer and direction on the GPU, in torch layout.
-#[derive(Debug)]
+/// Weights of one layer and direction on the GPU, in torch layout (tensors of their own, or
+/// views into a flat parameter buffer).
+#[derive(Clone, Debug)]
 pub(crate) struct LayerWeights {
     /// (G·H, In)
     pub w_ih: GpuTensor,
@@ -55,22 +57,18 @@ pub(crate) struct Dims {
 
 impl Dims {
     pub fn new(config: &RnnConfig, t: usize, b: usize) -> Self {
-        let (saved, grad_planes) = match config.cell {
-            CellKind::Rnn(_) => (1, 1),
-            CellKind::Lstm => (4, 1),
-            CellKind::Gru => (4, 2),
-        };
+        let cell = config.cell;
         Dims {
             t,
             b,
             h: config.hidden_size,
-            gates: config.cell.gates(),
+            gates: cell.gates(),
             layers: config.num_layers,
             directions: config.num_directions(),
             input: config.input_size,
-            saved,
-            has_c: config.cell.has_cell_state(),
-            grad_planes,
+            saved: cell.gpu_saved_per_unit(),
+            has_c: cell.has_cell_state(),
+            grad_planes: cell.gate_gradient_planes(),
         }
     }
 
@@ -204,24 +202,39 @@ pub(crate) struct ForwardWorkspace {
     unused: Vec<GpuTensor>,
 }
 
-/// A tensor filled with NaN when `poison`, else zeros.
+/// A workspace or result tensor from the context's pool: filled with NaN when `poison` (so
+/// that an element no kernel writes shows up), else left as the pool had it.
 pub(crate) fn output_tensor(
     ctx: &GpuContext,
     label: &str,
     shape: &[usize],
     poison: bool,
 ) -> Result<GpuTensor> {
+    let tensor = GpuTensor::pooled(ctx, label, shape)?;
     if poison {
-        GpuTensor::filled(ctx, label, shape, f32::NAN)
+        tensor.write(ctx, &vec![f32::NAN; tensor.len()])?;
+    }
+    Ok(tensor)
+}
+
+/// An error unless `t` holds exactly `len` values: the step kernels are built without runtime
+/// bounds checks, and every tensor they bind passes this check for the dims of its dispatches.
+fn expect_len(t: &GpuTensor, len: usize) -> Result<()> {
+    if t.len() == len {
+        Ok(())
     } else {
-        GpuTensor::zeros(ctx, label, shape)
+        Err(RnnError::Config(format!(
+            "`{}` holds {} values where this call needs {len}",
+            t.label(),
+            t.len()
+        )))
     }
 }
 
 impl ForwardWorkspace {
-    /// Allocates every buffer up front, so that what does not fit is an error before encoding.
-    /// `chunk` (at least 1) is the number of time steps per input-projection chunk; training
-    /// (the sequence layout) projects all T steps at once.
+    /// Takes every buffer from the pool up front, so that what does not fit is an error before
+    /// encoding. `chunk` (at least 1) is the number of time steps per input-projection chunk;
+    /// training (the sequence layout) projects all T steps at once.
     pub fn new(
         ctx: &GpuContext,
         dims: &Dims,
@@ -247,8 +260,9 @@ impl ForwardWorkspace {
             dims.b,
             dims.directions * dims.h,
         ];
+        let input_shape = [dims.t, dims.b, dims.input];
         let seq_input = (batch_first || training)
-            .then(|| GpuTensor::zeros(ctx, "input (T, B, I)", &[dims.t, dims.b, dims.input]))
+            .then(|| GpuTensor::pooled(ctx, "input (T, B, I)", &input_shape))
             .transpose()?;
         let seq_output = batch_first
             .then(|| output_tensor(ctx, "output (T, B, D·H)", &seq, poison))
@@ -260,13 +274,14 @@ impl ForwardWorkspace {
         let xproj = (0..dims.directions)
             .map(|_| output_tensor(ctx, "xproj", &[chunk, dims.b, dims.gh()], poison))
             .collect::<Result<_>>()?;
-        let h_states = (0..ld)
-            .map(|_| GpuTensor::zeros(ctx, "h states", &state_shape))
-            .collect::<Result<_>>()?;
-        let c_states = if dims.has_c {
+        let states = |label| {
             (0..ld)
-                .map(|_| GpuTensor::zeros(ctx, "c states", &state_shape))
-                .collect::<Result<_>>()?
+                .map(|_| GpuTensor::pooled(ctx, label, &state_shape))
+                .collect::<Result<Vec<_>>>()
+        };
+        let h_states = states("h states")?;
+        let c_states = if dims.has_c {
+            states("c states")?
         } else {
             Vec::new()
         };
@@ -280,7 +295,7 @@ impl ForwardWorkspace {
             StateLayout::PingPong => Vec::new(),
         };
         let unused = (0..2)
-            .map(|_| GpuTensor::zeros(ctx, "unused binding", &[1]))
+            .map(|_| GpuTensor::pooled(ctx, "unused binding", &[1]))
             .collect::<Result<_>>()?;
         Ok(ForwardWorkspace {
             layout,
@@ -307,10 +322,23 @@ impl ForwardWorkspace {
     pub fn input<'a>(&'a self, io_input: &'a GpuTensor) -> &'a GpuTensor {
         self.seq_input.as_ref().unwrap_or(io_input)
     }
+
+    /// Every tensor of the workspace.
+    pub fn tensors(&self) -> impl Iterator<Item = &GpuTensor> {
+        self.seq_input
+            .iter()
+            .chain(&self.seq_output)
+            .chain(&self.inner)
+            .chain(&self.xproj)
+            .chain(&self.h_states)
+            .chain(&self.c_states)
+            .chain(&self.saved)
+            .chain(&self.unused)
+    }
 }
 
 /// What a forward pass reads and writes: input and output in the model's layout, (T, B, ·) or
-/// (B, T, ·) when batch_first, and the states (L·D, B, H).
+/// (B, T, ·) when batch_first, the states (L·D, B, H) and the lengths (B) u32.
 pub(crate) struct ForwardIo<'a> {
     pub input: &'a GpuTensor,
     pub output: &'a GpuTensor,
@@ -318,35 +346,50 @@ pub(crate) struct ForwardIo<'a> {
     pub c0: Option<&'a GpuTensor>,
     pub h_n: &'a GpuTensor,
     pub c_n: Option<&'a GpuTensor>,
+    pub lengths: &'a GpuTensor,
 }
 
-/// Runs a whole forward pass: all layers, directions and time steps in one recording,
-/// or one per chunk of `ws.chunk` steps when that is shorter than T (inference).
-///
-/// `lengths` is (B) u32.
+/// Records a whole forward pass: all layers, directions and time steps, in one recording, or
+/// one per chunk of `ws.chunk` steps when that is shorter than T (inference), each finished
+/// into `sink` before the next one starts, so that one parameter arena serves them all.
 pub(crate) fn run_forward(
     ctx: &GpuContext,
     kernels: &CellKernels,
     weights: &[LayerWeights],
     dims: &Dims,
-    lengths: &wgpu::Buffer,
     io: ForwardIo<'_>,
     ws: &ForwardWorkspace,
+    sink: &mut Sink<'_>,
 ) -> Result<()> {
     let bh = dims.bh();
     let gh = dims.gh();
     let train = ws.layout == StateLayout::Sequence;
     let chunks = dims.t.div_ceil(ws.chunk);
+    let state_len = ws.layout.slots(dims.t) * bh;
+    expect_len(io.lengths, dims.b)?;
     let mut rec = Recorder::new(ctx);
     match &ws.seq_input {
-        Some(seq) if ws.batch_first => rec.transpose(
-            kernels,
-            io.input.buffer(),
-            seq.buffer(),
-            (dims.b, dims.t, dims.input),
-        )?,
-        Some(seq) => rec.copy_before(io.input.buffer(), 0, seq.buffer(), 0, seq.len()),
+        Some(seq) if ws.batch_first => {
+            kernels.transpose(&mut rec, io.input, seq, (dims.b, dims.t, dims.input))?
+        }
+        Some(seq) => rec.copy(io.input, 0, seq, 0, seq.len())?,
         None => {}
+    }
+    for ld in 0..dims.layers * dims.directions {
+        let initial = ws.layout.initial_slot(dims, ld % dims.directions) * bh;
+        let h_states = &ws.h_states[ld];
+        expect_len(h_states, state_len)?;
+        match io.h0 {
+            Some(h0) => rec.copy(h0, ld * bh, h_states, initial, bh)?,
+            None => rec.clear(h_states)?,
+        }
+        if let Some(c_states) = ws.c_states.get(ld) {
+            expect_len(c_states, state_len)?;
+            match io.c0 {
+                Some(c0) => rec.copy(c0, ld * bh, c_states, initial, bh)?,
+                None => rec.clear(c_states)?,
+            }
+        }
     }
     let top_output = ws.seq_output.as_ref().unwrap_or(io.output);
     // (chunk, layer, direction) in recording order: chunk by chunk through all layers when the
@@ -361,6 +404,7 @@ pub(crate) fn run_forward(
     }
     // Time offset of the rows of a buffer of the layers below the top.
     let inner_t0 = |t0: usize| if ws.chunk_major { t0 } else { 0 };
+    let features = dims.directions * dims.h;
     for (c, l, d) in order {
         let in_features = dims.layer_input(l);
         let ld = l * dims.directions + d;
@@ -377,28 +421,27 @@ pub(crate) fn run_forward(
         } else {
             (ws.inner_output(l - 1), inner_t0(t0))
         };
-        let (out, out_t0) = if l + 1 == dims.layers {
-            (top_output, 0)
+        let (out, out_rows) = if l + 1 == dims.layers {
+            (top_output, dims.t)
         } else {
-            (ws.inner_output(l), inner_t0(t0))
+            (
+                ws.inner_output(l),
+                ws.inner_output(l).len() / (dims.b * features),
+            )
         };
-        if c == 0 {
-            let initial = ws.layout.initial_slot(dims, d) * bh;
-            if let Some(h0) = io.h0 {
-                rec.copy_before(h0.buffer(), ld * bh, h_states.buffer(), initial, bh);
-            }
-            if let (Some(c0), true) = (io.c0, dims.has_c) {
-                rec.copy_before(c0.buffer(), ld * bh, c_states.buffer(), initial, bh);
-            }
-        }
+        let out_t0 = if l + 1 == dims.layers {
+            0
+        } else {
+            inner_t0(t0)
+        };
         // Input projections of the chunk's steps at once: (T_c·B, In) · W_ihᵀ + b_ih.
-        rec.gemm(
-            kernels,
-            x.buffer(),
-            w.w_ih.buffer(),
-            Some(w.b_ih.buffer()),
-            ws.xproj[d].buffer(),
-            GemmParams {
+        kernels.gemm(
+            &mut rec,
+            x,
+            &w.w_ih,
+            Some(&w.b_ih),
+            &ws.xproj[d],
+            Gemm {
                 m: chunk_times.len() * dims.b,
                 n: gh,
                 k: in_features,
@@ -408,7 +451,7 @@ pub(crate) fn run_forward(
                 b_rs: 1,
                 b_cs: in_features,
                 ldc: gh,
-                ..GemmParams::default()
+                ..Gemm::default()
             },
         )?;
         // Training keeps f32 W_hh: backward needs the forward it differentiates.
@@ -417,60 +460,59 @@ pub(crate) fn run_forward(
             Some(_) => &kernels.forward_half,
             None => &kernels.forward,
         });
+        let w_hh = half_w_hh.unwrap_or(&w.w_hh);
+        expect_len(w_hh, gh * half_w_hh.map_or(dims.h, |_| dims.h.div_ceil(2)))?;
+        expect_len(&w.b_hh, gh)?;
+        expect_len(&ws.xproj[d], ws.chunk * dims.b * gh)?;
+        expect_len(out, out_rows * dims.b * features)?;
+        if train {
+            expect_len(c_states, if dims.has_c { state_len } else { 1 })?;
+            expect_len(saved, dims.t * dims.b * dims.saved * dims.h)?;
+        }
         let binding = rec.bind(
             step_kernel,
             &[
-                ws.xproj[d].buffer(),
-                half_w_hh.unwrap_or(&w.w_hh).buffer(),
-                w.b_hh.buffer(),
-                lengths,
-                h_states.buffer(),
-                c_states.buffer(),
-                out.buffer(),
-                saved.buffer(),
+                &ws.xproj[d],
+                w_hh,
+                &w.b_hh,
+                io.lengths,
+                h_states,
+                c_states,
+                out,
+                saved,
             ],
-        );
+        )?;
         for (i, &t) in chunk_times.iter().enumerate() {
             let (read, write) = ws.layout.step_offsets(dims, d, first_step + i, t);
-            rec.dispatch(
-                step_kernel,
-                binding,
-                &[
-                    dims.b,
-                    dims.h,
-                    t,
-                    usize::from(train),
-                    read,
-                    write,
-                    d * dims.h,
-                    dims.directions * dims.h,
-                    t - t0,
-                    t - out_t0,
-                ],
-                step_groups,
-            )?;
+            let params = crate::params!(ForwardStepParams {
+                batch: dims.b,
+                hidden: dims.h,
+                t: t,
+                train: train,
+                read_slot: read,
+                write_slot: write,
+                out_col: d * dims.h,
+                out_stride: features,
+                xproj_t: t - t0,
+                out_t: t - out_t0,
+            })?;
+            rec.dispatch(step_kernel, binding, &params, step_groups)?;
         }
         if c + 1 == chunks {
             let last = ws.layout.final_slot(dims, d) * bh;
-            rec.copy_after(h_states.buffer(), last, io.h_n.buffer(), ld * bh, bh);
+            rec.copy(h_states, last, io.h_n, ld * bh, bh)?;
             if let (Some(c_n), true) = (io.c_n, dims.has_c) {
-                rec.copy_after(c_states.buffer(), last, c_n.buffer(), ld * bh, bh);
+                rec.copy(c_states, last, c_n, ld * bh, bh)?;
             }
         }
         if chunks > 1 {
-            std::mem::replace(&mut rec, Recorder::new(ctx)).submit()?;
+            std::mem::replace(&mut rec, Recorder::new(ctx)).finish(sink)?;
         }
     }
     if let Some(seq) = &ws.seq_output {
-        let features = dims.directions * dims.h;
-        rec.transpose(
-            kernels,
-            seq.buffer(),
-            io.output.buffer(),
-            (dims.t, dims.b, features),
-        )?;
+        kernels.transpose(&mut rec, seq, io.output, (dims.t, dims.b, features))?;
     }
-    rec.submit()
+    rec.finish(sink)
 }
 
 /// Buffers a backward pass writes besides its results.
@@ -506,10 +548,10 @@ impl BackwardWorkspace {
             })
             .collect::<Result<_>>()?;
         let carry = (0..ld)
-            .map(|_| GpuTensor::zeros(ctx, "carried state gradient", &[2, 2, dims.b, dims.h]))
+            .map(|_| GpuTensor::pooled(ctx, "carried state gradient", &[2, 2, dims.b, dims.h]))
             .collect::<Result<_>>()?;
         let seq_d_output = batch_first
-            .then(|| GpuTensor::zeros(ctx, "grad_output (T, B, D·H)", &seq))
+            .then(|| GpuTensor::pooled(ctx, "grad_output (T, B, D·H)", &seq))
             .transpose()?;
         let seq_d_input = batch_first
             .then(|| {
@@ -519,7 +561,7 @@ impl BackwardWorkspace {
             .transpose()?;
         let w_hh_t = dims
             .unit_per_workgroup()
-            .then(|| GpuTensor::zeros(ctx, "W_hh transposed", &[dims.h, dims.gh()]))
+            .then(|| GpuTensor::pooled(ctx, "W_hh transposed", &[dims.h, dims.gh()]))
             .transpose()?;
         Ok(BackwardWorkspace {
             seq_d_output,
@@ -528,8 +570,20 @@ impl BackwardWorkspace {
             d_gates,
             carry,
             w_hh_t,
-            unused: GpuTensor::zeros(ctx, "unused binding", &[1])?,
+            unused: GpuTensor::pooled(ctx, "unused binding", &[1])?,
         })
+    }
+
+    /// Every tensor of the workspace.
+    pub fn tensors(&self) -> impl Iterator<Item = &GpuTensor> {
+        self.seq_d_output
+            .iter()
+            .chain(&self.seq_d_input)
+            .chain(&self.d_inner)
+            .chain(&self.d_gates)
+            .chain(&self.carry)
+            .chain(&self.w_hh_t)
+            .chain(std::iter::once(&self.unused))
     }
 }
 
@@ -555,8 +609,8 @@ pub(crate) struct BackwardIo<'a> {
     pub params: Vec<LayerGradIo<'a>>,
 }
 
-/// Runs a whole backward pass (BPTT) over the tape of a training forward pass, in one recording.
-/// `input` is the tape's layer-0 input (T, B, I) seq-major.
+/// Records a whole backward pass (BPTT) over the tape of a training forward pass into `sink`.
+/// `input` is the tape's layer-0 input (T, B, I) seq-major, `lengths` its (B) u32.
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn run_backward(
     ctx: &GpuContext,
@@ -564,20 +618,16 @@ pub(crate) fn run_backward(
     weights: &[LayerWeights],
     dims: &Dims,
     input: &GpuTensor,
-    lengths: &wgpu::Buffer,
+    lengths: &GpuTensor,
     tape: &ForwardWorkspace,
     io: BackwardIo<'_>,
     ws: &BackwardWorkspace,
+    sink: &mut Sink<'_>,
 ) -> Result<()> {
     let mut rec = Recorder::new(ctx);
     let features = dims.directions * dims.h;
     if let Some(seq) = &ws.seq_d_output {
-        rec.transpose(
-            kernels,
-            io.d_output.buffer(),
-            seq.buffer(),
-            (dims.b, dims.t, features),
-        )?;
+        kernels.transpose(&mut rec, io.d_output, seq, (dims.b, dims.t, features))?;
     }
     let d_output = ws.seq_d_output.as_ref().unwrap_or(io.d_output);
     let d_input = ws.seq_d_input.as_ref().unwrap_or(io.d_input);
@@ -586,6 +636,20 @@ pub(crate) fn run_backward(
     let rows = dims.t * dims.b;
     let dgx_off = 0;
     let dgh_off = (dims.grad_planes - 1) * rows * gh;
+    let state_len = (dims.t + 1) * bh;
+    expect_len(lengths, dims.b)?;
+    expect_len(d_output, rows * features)?;
+    for ld in 0..dims.layers * dims.directions {
+        let carry = &ws.carry[ld];
+        expect_len(carry, 4 * bh)?;
+        rec.clear(carry)?;
+        if let Some(g) = io.d_h_n {
+            rec.copy(g, ld * bh, carry, 0, bh)?;
+        }
+        if let (Some(g), true) = (io.d_c_n, dims.has_c) {
+            rec.copy(g, ld * bh, carry, bh, bh)?;
+        }
+    }
     for l in (0..dims.layers).rev() {
         let d_out = if l + 1 == dims.layers {
             d_output
@@ -606,33 +670,33 @@ pub(crate) fn run_backward(
             let d_gates = &ws.d_gates[d];
             let h_states = &tape.h_states[ld];
             let c_states = tape.c_states.get(ld).unwrap_or(&ws.unused);
-            if let Some(g) = io.d_h_n {
-                rec.copy_before(g.buffer(), ld * bh, carry.buffer(), 0, bh);
-            }
-            if let (Some(g), true) = (io.d_c_n, dims.has_c) {
-                rec.copy_before(g.buffer(), ld * bh, carry.buffer(), bh, bh);
-            }
             let (step_kernel, step_groups) = dims.step_kernel(&kernels.backward);
             let w_hh = match &ws.w_hh_t {
                 Some(w_hh_t) => {
-                    rec.transpose(kernels, w.w_hh.buffer(), w_hh_t.buffer(), (gh, dims.h, 1))?;
+                    kernels.transpose(&mut rec, &w.w_hh, w_hh_t, (gh, dims.h, 1))?;
                     w_hh_t
                 }
                 None => &w.w_hh,
             };
+            expect_len(w_hh, gh * dims.h)?;
+            expect_len(h_states, state_len)?;
+            expect_len(c_states, if dims.has_c { state_len } else { 1 })?;
+            expect_len(&tape.saved[ld], rows * dims.saved * dims.h)?;
+            expect_len(d_out, rows * features)?;
+            expect_len(d_gates, dims.grad_planes * rows * gh)?;
             let binding = rec.bind(
                 step_kernel,
                 &[
-                    w_hh.buffer(),
+                    w_hh,
                     lengths,
-                    h_states.buffer(),
-                    c_states.buffer(),
-                    tape.saved[ld].buffer(),
-                    d_out.buffer(),
-                    d_gates.buffer(),
-                    carry.buffer(),
+                    h_states,
+                    c_states,
+                    &tape.saved[ld],
+                    d_out,
+                    d_gates,
+                    carry,
                 ],
-            );
+            )?;
             // Reverse of the forward processing order, then one step finishing dh_0.
             let mut times = dims.times(d);
             times.reverse();
@@ -642,43 +706,39 @@ pub(crate) fn run_backward(
                 let t = if finish { last_time } else { times[step] };
                 let t_prev = if step > 0 { times[step - 1] } else { 0 };
                 let (prev_slot, cur_slot) = if d == 0 { (t, t + 1) } else { (t + 1, t) };
-                rec.dispatch(
-                    step_kernel,
-                    binding,
-                    &[
-                        dims.b,
-                        dims.h,
-                        t,
-                        usize::from(step > 0),
-                        t_prev,
-                        usize::from(finish),
-                        prev_slot * bh,
-                        cur_slot * bh,
-                        (step % 2) * 2 * bh,
-                        ((step + 1) % 2) * 2 * bh,
-                        d * dims.h,
-                        dims.directions * dims.h,
-                        dgx_off,
-                        dgh_off,
-                    ],
-                    step_groups,
-                )?;
+                let params = crate::params!(BackwardStepParams {
+                    batch: dims.b,
+                    hidden: dims.h,
+                    t: t,
+                    has_prev: step > 0,
+                    t_prev: t_prev,
+                    finish: finish,
+                    prev_slot: prev_slot * bh,
+                    cur_slot: cur_slot * bh,
+                    carry_read: (step % 2) * 2 * bh,
+                    carry_write: ((step + 1) % 2) * 2 * bh,
+                    dout_col: d * dims.h,
+                    dout_stride: features,
+                    dgx_off: dgx_off,
+                    dgh_off: dgh_off,
+                })?;
+                rec.dispatch(step_kernel, binding, &params, step_groups)?;
             }
             let done = ((dims.t + 1) % 2) * 2 * bh;
-            rec.copy_after(carry.buffer(), done, io.d_h0.buffer(), ld * bh, bh);
+            rec.copy(carry, done, io.d_h0, ld * bh, bh)?;
             if let (Some(d_c0), true) = (io.d_c0, dims.has_c) {
-                rec.copy_after(carry.buffer(), done + bh, d_c0.buffer(), ld * bh, bh);
+                rec.copy(carry, done + bh, d_c0, ld * bh, bh)?;
             }
 
             let grads = &io.params[ld];
             // dW_ih = dG_xᵀ · x: (G·H, T·B) · (T·B, In).
-            rec.gemm(
-                kernels,
-                d_gates.buffer(),
-                x.buffer(),
+            kernels.gemm(
+                &mut rec,
+                d_gates,
+                x,
                 None,
-                grads.w_ih.buffer(),
-                GemmParams {
+                grads.w_ih,
+                Gemm {
                     m: gh,
                     n: in_features,
                     k: rows,
@@ -688,18 +748,18 @@ pub(crate) fn run_backward(
                     b_rs: in_features,
                     b_cs: 1,
                     ldc: in_features,
-                    ..GemmParams::default()
+                    ..Gemm::default()
                 },
             )?;
             // dW_hh = dG_hᵀ · H_prev, H_prev being the state slots entering each time.
             let h_prev_off = if d == 0 { 0 } else { bh };
-            rec.gemm(
-                kernels,
-                d_gates.buffer(),
-                h_states.buffer(),
+            kernels.gemm(
+                &mut rec,
+                d_gates,
+                h_states,
                 None,
-                grads.w_hh.buffer(),
-                GemmParams {
+                grads.w_hh,
+                Gemm {
                     m: gh,
                     n: dims.h,
                     k: rows,
@@ -710,22 +770,21 @@ pub(crate) fn run_backward(
                     b_rs: dims.h,
                     b_cs: 1,
                     ldc: dims.h,
-                    ..GemmParams::default()
+                    ..Gemm::default()
                 },
             )?;
             if let Some((b_ih, b_hh)) = grads.bias {
-                let d_g = d_gates.buffer();
-                rec.column_sum(kernels, d_g, b_ih.buffer(), (rows, gh), dgx_off, 0)?;
-                rec.column_sum(kernels, d_g, b_hh.buffer(), (rows, gh), dgh_off, 0)?;
+                kernels.column_sum(&mut rec, d_gates, b_ih, (rows, gh), dgx_off, 0)?;
+                kernels.column_sum(&mut rec, d_gates, b_hh, (rows, gh), dgh_off, 0)?;
             }
             // dx_l (+)= dG_x · W_ih: (T·B, G·H) · (G·H, In); directions add in a fixed order.
-            rec.gemm(
-                kernels,
-                d_gates.buffer(),
-                w.w_ih.buffer(),
+            kernels.gemm(
+                &mut rec,
+                d_gates,
+                &w.w_ih,
                 None,
-                d_in.buffer(),
-                GemmParams {
+                d_in,
+                Gemm {
                     m: rows,
                     n: in_features,
                     k: gh,
@@ -736,18 +795,13 @@ pub(crate) fn run_backward(
                     b_cs: 1,
                     ldc: in_features,
                     accumulate: d > 0,
-                    ..GemmParams::default()
+                    ..Gemm::default()
                 },
             )?;
         }
     }
     if let Some(seq) = &ws.seq_d_input {
-        rec.transpose(
-            kernels,
-            seq.buffer(),
-            io.d_input.buffer(),
-            (dims.t, dims.b, dims.input),
-        )?;
+        kernels.transpose(&mut rec, seq, io.d_input, (dims.t, dims.b, dims.input))?;
     }
-    rec.submit()
+    rec.finish(sink)
 }

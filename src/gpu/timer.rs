@@ -6,8 +6,8 @@
 //! spent in the library's kernels, without the host's recording and submit time or the gaps
 //! between submits.
 
-use super::buffer::read_bytes;
 use super::context::GpuContext;
+use super::tensor::Readback;
 use crate::error::{Result, RnnError};
 
 /// Passes one timing can cover (two queries each; wgpu allows 4096 queries per set).
@@ -89,14 +89,11 @@ impl PassTimer {
                 label: Some("resolve timestamps"),
             });
         encoder.resolve_query_set(&self.queries, 0..queries, &self.resolved, 0);
-        ctx.queue().submit([encoder.finish()]);
-        let bytes = read_bytes(
-            ctx,
-            &self.resolved,
-            u64::from(queries) * 8,
-            "resolved timestamps",
-        )?;
-        let ticks: Vec<u64> = bytemuck::pod_collect_to_vec(&bytes);
+        ctx.submit(encoder.finish());
+        let bytes = u64::from(queries) * 8;
+        let readback = Readback::start(ctx, &self.resolved, 0, bytes, "resolved timestamps");
+        ctx.wait()?;
+        let ticks: Vec<u64> = bytemuck::pod_collect_to_vec(&pollster::block_on(readback)?);
         let ns_per_tick = f64::from(ctx.queue().get_timestamp_period());
         let total: u64 = ticks
             .chunks_exact(2)

@@ -89,7 +89,7 @@ pub fn run_pass(
         });
         f(&mut pass)?;
     }
-    ctx.queue().submit([encoder.finish()]);
+    ctx.submit(encoder.finish());
     ctx.take_errors()
 }
 
@@ -352,6 +352,64 @@ pub fn record_clip_grad_value(
     )
 }
 
+/// Where each tensor of a model lies in one flat buffer (parameters, gradients, optimizer
+/// state): tensor i at `offsets[i]`, `lens[i]` values long, `len` values in all. Offsets may be
+/// padded (with zeros) so that every tensor can be bound as a view of its own.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FlatLayout {
+    pub offsets: Vec<usize>,
+    pub lens: Vec<usize>,
+    pub len: usize,
+}
+
+impl FlatLayout {
+    /// Tensors of `lens` values back to back, each starting at a multiple of `align` values.
+    pub fn aligned(lens: &[usize], align: usize) -> Result<Self> {
+        let mut offsets = Vec::with_capacity(lens.len());
+        let mut len = 0usize;
+        for &n in lens {
+            let offset = len.next_multiple_of(align.max(1));
+            offsets.push(offset);
+            len = offset
+                .checked_add(n)
+                .ok_or_else(|| RnnError::TooLarge(format!("{} parameters", lens.len())))?;
+        }
+        check_u32("parameters", len)?;
+        Ok(FlatLayout {
+            offsets,
+            lens: lens.to_vec(),
+            len,
+        })
+    }
+
+    /// The tensors laid out in one vector, `padding` between them.
+    pub fn flatten(&self, tensors: &[&[f32]], padding: f32) -> Result<Vec<f32>> {
+        check_shape(
+            "flattened tensors",
+            &self.lens,
+            &tensors.iter().map(|t| t.len()).collect::<Vec<_>>(),
+        )?;
+        let mut flat = vec![padding; self.len];
+        for (t, &offset) in tensors.iter().zip(&self.offsets) {
+            flat[offset..offset + t.len()].copy_from_slice(t);
+        }
+        Ok(flat)
+    }
+
+    /// Tensor `i` of `flat`.
+    pub fn tensor<'a>(&self, flat: &'a [f32], i: usize) -> Result<&'a [f32]> {
+        let (offset, len) = (self.offsets[i], self.lens[i]);
+        flat.get(offset..offset + len).ok_or_else(|| {
+            RnnError::Device(format!(
+                "flat buffer holds {} values, tensor {i} needs {}..{}",
+                flat.len(),
+                offset,
+                offset + len
+            ))
+        })
+    }
+}
+
 /// An optimizer whose state lives on the GPU, updating one flat parameter buffer in place
 /// with the same arithmetic as [`super::optim::Optimizer`].
 #[derive(Debug)]
@@ -359,32 +417,31 @@ pub struct GpuOptimizer {
     pub config: OptimizerConfig,
     /// Completed steps.
     pub step: u64,
-    /// One buffer per name in `config.state_names()`, each as long as the parameters.
+    /// One buffer per name in `config.state_names()`, laid out as the parameters.
     pub state: Vec<GpuTensor>,
-    len: usize,
+    layout: FlatLayout,
 }
 
 impl GpuOptimizer {
     /// Zero state for `len` parameters.
     pub fn new(ctx: &GpuContext, config: OptimizerConfig, len: usize) -> Result<Self> {
-        Self::from_host(ctx, &Optimizer::new(config, &[len])?, len)
+        let layout = FlatLayout::aligned(&[len], 1)?;
+        Self::from_host(ctx, &Optimizer::new(config, &[len])?, &layout)
     }
 
-    /// Uploads a host optimizer's step count and state for `len` parameters, its tensors
-    /// concatenated in order.
-    pub fn from_host(ctx: &GpuContext, host: &Optimizer<f32>, len: usize) -> Result<Self> {
+    /// Uploads a host optimizer's step count and state (one tensor per entry of `layout`).
+    pub fn from_host(ctx: &GpuContext, host: &Optimizer<f32>, layout: &FlatLayout) -> Result<Self> {
         host.config.validate()?;
         host.check_buffers()?;
-        let names = host.config.state_names();
-        for (name, tensors) in names.iter().zip(&host.state) {
-            let total: usize = tensors.iter().map(Vec::len).sum();
-            check_shape(&format!("optimizer state `{name}`"), &[len], &[total])?;
-        }
-        let state = names
+        host.check_lens(&layout.lens)?;
+        let state = host
+            .config
+            .state_names()
             .iter()
             .zip(&host.state)
             .map(|(name, tensors)| {
-                let flat = tensors.concat();
+                let slices: Vec<&[f32]> = tensors.iter().map(Vec::as_slice).collect();
+                let flat = layout.flatten(&slices, 0.0)?;
                 GpuTensor::from_slice(ctx, name, &[flat.len()], &flat)
             })
             .collect::<Result<Vec<_>>>()?;
@@ -392,27 +449,18 @@ impl GpuOptimizer {
             config: host.config,
             step: host.step,
             state,
-            len,
+            layout: layout.clone(),
         })
     }
 
-    /// Reads the state back into a host optimizer for tensors of lengths `lens` (which must
-    /// add up to the flat length).
-    pub fn to_host(&self, ctx: &GpuContext, lens: &[usize]) -> Result<Optimizer<f32>> {
-        check_shape(
-            "optimizer tensor lengths (sum)",
-            &[self.len],
-            &[lens.iter().sum()],
-        )?;
-        let mut host = Optimizer::new(self.config, lens)?;
+    /// Reads the state back into a host optimizer.
+    pub fn to_host(&self, ctx: &GpuContext) -> Result<Optimizer<f32>> {
+        let mut host = Optimizer::new(self.config, &self.layout.lens)?;
         host.step = self.step;
         for (buffer, tensors) in self.state.iter().zip(&mut host.state) {
             let flat = buffer.to_vec(ctx)?;
-            let mut rest = flat.as_slice();
-            for tensor in tensors.iter_mut() {
-                let (head, tail) = rest.split_at(tensor.len());
-                tensor.copy_from_slice(head);
-                rest = tail;
+            for (i, tensor) in tensors.iter_mut().enumerate() {
+                tensor.copy_from_slice(self.layout.tensor(&flat, i)?);
             }
         }
         Ok(host)
@@ -426,14 +474,15 @@ impl GpuOptimizer {
         params: &GpuTensor,
         grads: &GpuTensor,
     ) -> Result<()> {
-        check_shape("parameters", &[self.len], &[params.len()])?;
-        check_shape("gradients", &[self.len], &[grads.len()])?;
+        let flat_len = self.layout.len;
+        check_shape("parameters", &[flat_len], &[params.len()])?;
+        check_shape("gradients", &[flat_len], &[grads.len()])?;
         self.step += 1;
-        if self.len == 0 {
+        if flat_len == 0 {
             return Ok(());
         }
-        let len = check_u32("parameters", self.len)?;
-        let groups = elementwise_groups(self.len);
+        let len = check_u32("parameters", flat_len)?;
+        let groups = elementwise_groups(flat_len);
         match self.config {
             OptimizerConfig::Sgd(c) => {
                 let params_u = SgdParams {

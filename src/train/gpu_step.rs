@@ -8,17 +8,19 @@
 use super::dropout::Dropout;
 use super::gpu::{
     check_u32, dispatch, elementwise_groups, record_clip_grad_norm, record_clip_grad_value,
-    record_dropout, record_softmax_cross_entropy, run_pass, upload_targets, GpuOptimizer,
-    NormScratch,
+    record_dropout, record_softmax_cross_entropy, run_pass, upload_targets, FlatLayout,
+    GpuOptimizer, NormScratch,
 };
 use super::layers::Readout;
 use super::model::{DropoutKey, Inputs, SeqModel, Targets};
 use super::optim::{Optimizer, OptimizerConfig};
 use super::trainer::Clip;
 use crate::error::{check_shape, Result, RnnError};
-use crate::gpu::kernels::{CellKernels, GemmParams, Recorder};
+use crate::gpu::kernels::{CellKernels, Gemm};
 use crate::gpu::model::{GpuRnn, GpuSequenceBatch, GpuTape, GpuUpstreamGrads};
+use crate::gpu::Recorder;
 use crate::gpu::{GpuContext, GpuTensor};
+use crate::gpu::{LayerGradIo, LayerWeights};
 use bytemuck::{Pod, Zeroable};
 use std::sync::Arc;
 
@@ -71,6 +73,7 @@ enum Pass {
 pub struct GpuTrainer {
     ctx: Arc<GpuContext>,
     model: SeqModel<f32>,
+    /// The RNN layers, reading their weights as views of `params`.
     layers: Vec<GpuRnn>,
     /// gemm.wgsl and reduce.wgsl for the output layer
     kernels: Arc<CellKernels>,
@@ -78,8 +81,10 @@ pub struct GpuTrainer {
     params: GpuTensor,
     /// (P) d loss / d params of the last step
     grads: GpuTensor,
-    /// Offset of each tensor of [`SeqModel::tensors`] in `params` and `grads`.
-    offsets: Vec<usize>,
+    /// Where each tensor of [`SeqModel::tensors`] lies in `params` and `grads`.
+    layout: FlatLayout,
+    /// Per RNN layer, per direction: views of its gradients in `grads`.
+    layer_grads: Vec<Vec<GradViews>>,
     optimizer: GpuOptimizer,
     norm: NormScratch,
     /// Per step since the last [`GpuTrainer::take_losses`]: the per-row (cross-entropy) or
@@ -111,40 +116,42 @@ impl GpuTrainer {
     ) -> Result<Self> {
         model.validate()?;
         optimizer.check_lens(&model.tensor_lens())?;
-        let tensors = model.tensors();
-        let mut offsets = Vec::with_capacity(tensors.len());
-        let mut flat = Vec::with_capacity(model.num_parameters());
-        for t in &tensors {
-            offsets.push(flat.len());
-            flat.extend_from_slice(t);
-        }
-        check_u32("parameters", flat.len())?;
+        // Every tensor starts where a storage binding may: the layers bind views of it.
+        let align = ctx.limits().min_storage_buffer_offset_alignment as usize / 4;
+        let layout = FlatLayout::aligned(&model.tensor_lens(), align)?;
+        let flat = layout.flatten(&model.tensors(), 0.0)?;
         let params = GpuTensor::from_slice(&ctx, "parameters", &[flat.len()], &flat)?;
-        // NaN until written: an element the step missed would show up in the parameters.
-        let grads = GpuTensor::filled(&ctx, "gradients", &[flat.len()], f32::NAN)?;
-        let layers = model
-            .rnn
-            .iter()
-            .map(|p| GpuRnn::new(Arc::clone(&ctx), p))
-            .collect::<Result<_>>()?;
+        // NaN until written (zero between tensors): an element the step missed would show up
+        // in the parameters.
+        let nan: Vec<Vec<f32>> = layout.lens.iter().map(|&n| vec![f32::NAN; n]).collect();
+        let nan: Vec<&[f32]> = nan.iter().map(Vec::as_slice).collect();
+        let grads = GpuTensor::from_slice(
+            &ctx,
+            "gradients",
+            &[layout.len],
+            &layout.flatten(&nan, 0.0)?,
+        )?;
+        let first_rnn = usize::from(model.embedding.is_some());
+        let (layers, layer_grads) = rnn_views(&ctx, model, &layout, first_rnn, &params, &grads)?;
         Ok(GpuTrainer {
             kernels: CellKernels::new(&ctx, model.config.cell)?,
-            optimizer: GpuOptimizer::from_host(&ctx, optimizer, flat.len())?,
-            norm: NormScratch::new(&ctx, flat.len())?,
+            optimizer: GpuOptimizer::from_host(&ctx, optimizer, &layout)?,
+            norm: NormScratch::new(&ctx, layout.len)?,
             ctx,
             model: model.clone(),
             layers,
+            layer_grads,
             params,
             grads,
-            offsets,
+            layout,
             losses: Vec::new(),
         })
     }
 
     /// Offset of `linear.weight` and `linear.bias` in the flat buffers.
     fn linear_offsets(&self) -> (usize, usize) {
-        let n = self.offsets.len();
-        (self.offsets[n - 2], self.offsets[n - 1])
+        let n = self.layout.offsets.len();
+        (self.layout.offsets[n - 2], self.layout.offsets[n - 1])
     }
 
     /// The output layer of a (T, B) batch.
@@ -279,13 +286,13 @@ impl GpuTrainer {
         };
         // out = rows · Wᵀ + bias
         let mut rec = Recorder::new(ctx);
-        rec.gemm(
-            &self.kernels,
-            x.buffer(),
-            self.params.buffer(),
-            Some(self.params.buffer()),
-            out.buffer(),
-            GemmParams {
+        self.kernels.gemm(
+            &mut rec,
+            x,
+            &self.params,
+            Some(&self.params),
+            &out,
+            Gemm {
                 m: rows,
                 n: outputs,
                 k: ol.hidden,
@@ -297,7 +304,7 @@ impl GpuTrainer {
                 b_cs: ol.hidden,
                 ldc: outputs,
                 bias_off: ol.b_offset,
-                ..GemmParams::default()
+                ..Gemm::default()
             },
         )?;
         rec.submit()?;
@@ -347,13 +354,13 @@ impl GpuTrainer {
         grad_seq: &GpuTensor,
     ) -> Result<()> {
         let mut rec = Recorder::new(&self.ctx);
-        rec.gemm(
-            &self.kernels,
-            grad_out.buffer(),
-            x.buffer(),
+        self.kernels.gemm(
+            &mut rec,
+            grad_out,
+            x,
             None,
-            self.grads.buffer(),
-            GemmParams {
+            &self.grads,
+            Gemm {
                 m: ol.outputs,
                 n: ol.hidden,
                 k: ol.rows,
@@ -364,24 +371,24 @@ impl GpuTrainer {
                 b_cs: 1,
                 c_off: ol.w_offset,
                 ldc: ol.hidden,
-                ..GemmParams::default()
+                ..Gemm::default()
             },
         )?;
-        rec.column_sum(
-            &self.kernels,
-            grad_out.buffer(),
-            self.grads.buffer(),
+        self.kernels.column_sum(
+            &mut rec,
+            grad_out,
+            &self.grads,
             (ol.rows, ol.outputs),
             0,
             ol.b_offset,
         )?;
-        rec.gemm(
-            &self.kernels,
-            grad_out.buffer(),
-            self.params.buffer(),
+        self.kernels.gemm(
+            &mut rec,
+            grad_out,
+            &self.params,
             None,
-            grad_seq.buffer(),
-            GemmParams {
+            grad_seq,
+            Gemm {
                 m: ol.rows,
                 n: ol.hidden,
                 k: ol.outputs,
@@ -392,7 +399,7 @@ impl GpuTrainer {
                 b_cs: 1,
                 c_off: ol.row_offset,
                 ldc: ol.hidden,
-                ..GemmParams::default()
+                ..Gemm::default()
             },
         )?;
         rec.submit()
@@ -426,7 +433,6 @@ impl GpuTrainer {
         // Backward through the layers (dropout masks again on the upstream gradients).
         let drop = Dropout::new(self.model.config.dropout)?;
         let mut upstream = grad_seq;
-        let mut layer_grads = Vec::with_capacity(self.layers.len());
         for k in (0..self.layers.len()).rev() {
             if let Some(key) = dropout {
                 let stream = self.model.stream(key, k);
@@ -434,11 +440,20 @@ impl GpuTrainer {
                     record_dropout(&ctx, pass, &upstream, &drop, key.seed, stream)
                 })?;
             }
-            let g = self.layers[k].backward_gpu(&tapes[k], &GpuUpstreamGrads::new(&upstream))?;
-            upstream = g.input;
-            layer_grads.push(g.params);
+            let params = self.layer_grads[k]
+                .iter()
+                .map(|g| LayerGradIo {
+                    w_ih: &g.w_ih,
+                    w_hh: &g.w_hh,
+                    bias: g.bias.as_ref().map(|(i, h)| (i, h)),
+                })
+                .collect();
+            upstream = self.layers[k].backward_into(
+                &tapes[k],
+                &GpuUpstreamGrads::new(&upstream),
+                params,
+            )?;
         }
-        layer_grads.reverse();
         if let (Some(tokens), Some(embedding)) = (&tokens, &self.model.embedding) {
             let (vocab, dim) = embedding.weight.dim();
             let params = EmbeddingParams {
@@ -464,34 +479,6 @@ impl GpuTrainer {
             })?;
         }
 
-        // The RNN gradients into the flat buffer, in SeqModel::tensors order.
-        let sources = layer_grads.iter().flatten().flat_map(|g| {
-            [
-                Some(&g.w_ih),
-                Some(&g.w_hh),
-                g.b_ih.as_ref(),
-                g.b_hh.as_ref(),
-            ]
-            .into_iter()
-            .flatten()
-        });
-        let first = usize::from(self.model.embedding.is_some());
-        let mut encoder = ctx
-            .device()
-            .create_command_encoder(&wgpu::CommandEncoderDescriptor {
-                label: Some("gradient copies"),
-            });
-        for (source, &offset) in sources.zip(&self.offsets[first..]) {
-            encoder.copy_buffer_to_buffer(
-                source.buffer(),
-                0,
-                self.grads.buffer(),
-                (offset * 4) as u64,
-                (source.len() * 4) as u64,
-            );
-        }
-        ctx.queue().submit([encoder.finish()]);
-
         // Clipping and the update.
         let optimizer = &mut self.optimizer;
         let (params, grads, norm) = (&self.params, &self.grads, &self.norm);
@@ -504,28 +491,12 @@ impl GpuTrainer {
             optimizer.record_step(&ctx, pass, params, grads)
         })?;
         self.losses.push(loss_values);
-        self.sync_rnn()
-    }
-
-    /// Copies the updated RNN weights from the flat parameter buffer into the layers' own
-    /// buffers, on the GPU.
-    fn sync_rnn(&mut self) -> Result<()> {
-        let mut next = self.offsets[usize::from(self.model.embedding.is_some())];
-        for gpu in &mut self.layers {
-            next = gpu.copy_weights_from(&self.params, next)?;
-        }
         Ok(())
     }
 
     fn unflatten(&mut self, flat: &[f32]) -> Result<()> {
-        for (target, &offset) in self.model.tensors_mut().into_iter().zip(&self.offsets) {
-            let source = flat.get(offset..offset + target.len()).ok_or_else(|| {
-                RnnError::Device(format!(
-                    "parameter readback holds {} values, expected more than {offset}",
-                    flat.len()
-                ))
-            })?;
-            target.copy_from_slice(source);
+        for (i, target) in self.model.tensors_mut().into_iter().enumerate() {
+            target.copy_from_slice(self.layout.tensor(flat, i)?);
         }
         Ok(())
     }
@@ -548,7 +519,7 @@ impl GpuTrainer {
     /// The optimizer state, read back (for
     /// [`save_checkpoint`](super::checkpoint::save_checkpoint)).
     pub fn optimizer(&self) -> Result<Optimizer<f32>> {
-        self.optimizer.to_host(&self.ctx, &self.model.tensor_lens())
+        self.optimizer.to_host(&self.ctx)
     }
 
     /// Completed optimizer steps.
@@ -568,4 +539,84 @@ fn mean_loss(ctx: &GpuContext, losses: &GpuTensor) -> Result<f64> {
         });
     }
     Ok(mean)
+}
+
+/// Views of one layer·direction's gradients in the flat gradient buffer.
+#[derive(Debug)]
+pub(crate) struct GradViews {
+    pub w_ih: GpuTensor,
+    pub w_hh: GpuTensor,
+    pub bias: Option<(GpuTensor, GpuTensor)>,
+}
+
+/// The RNN layers of `model` over views of its tensors in `params` (tensor `first` of `layout`
+/// onwards, in [`SeqModel::tensors`] order), and views of their gradients in `grads`.
+fn rnn_views(
+    ctx: &Arc<GpuContext>,
+    model: &SeqModel<f32>,
+    layout: &FlatLayout,
+    first: usize,
+    params: &GpuTensor,
+    grads: &GpuTensor,
+) -> Result<(Vec<GpuRnn>, Vec<Vec<GradViews>>)> {
+    let mut next = first;
+    let view = |flat: &GpuTensor, shape: &[usize], label: &str, i: usize| {
+        flat.view(ctx, layout.offsets[i], shape)
+            .map(|v| v.with_label(label))
+    };
+    let mut layers = Vec::with_capacity(model.rnn.len());
+    let mut layer_grads = Vec::with_capacity(model.rnn.len());
+    for rnn in &model.rnn {
+        let config = &rnn.config;
+        let rows = config.gate_rows();
+        let mut weights = Vec::new();
+        let mut grad_views = Vec::new();
+        for (ld, p) in rnn.layers.iter().enumerate() {
+            let in_features = config.layer_input_size(ld / config.num_directions());
+            let w_shape = [rows, in_features];
+            let h_shape = [rows, config.hidden_size];
+            let (w_ih_i, w_hh_i) = (next, next + 1);
+            next += 2;
+            let bias = if p.b_ih.is_some() {
+                next += 2;
+                Some((next - 2, next - 1))
+            } else {
+                None
+            };
+            let zero_bias = || GpuTensor::zeros(ctx, "no bias", &[rows]);
+            let (b_ih, b_hh) = match bias {
+                Some((i, h)) => (
+                    view(params, &[rows], "b_ih", i)?,
+                    view(params, &[rows], "b_hh", h)?,
+                ),
+                None => (zero_bias()?, zero_bias()?),
+            };
+            weights.push(LayerWeights {
+                w_ih: view(params, &w_shape, "w_ih", w_ih_i)?,
+                w_hh: view(params, &h_shape, "w_hh", w_hh_i)?,
+                b_ih,
+                b_hh,
+                w_hh_half: None,
+            });
+            grad_views.push(GradViews {
+                w_ih: view(grads, &w_shape, "grad w_ih", w_ih_i)?,
+                w_hh: view(grads, &h_shape, "grad w_hh", w_hh_i)?,
+                bias: bias
+                    .map(|(i, h)| {
+                        Ok::<_, RnnError>((
+                            view(grads, &[rows], "grad b_ih", i)?,
+                            view(grads, &[rows], "grad b_hh", h)?,
+                        ))
+                    })
+                    .transpose()?,
+            });
+        }
+        layers.push(GpuRnn::from_weights(
+            Arc::clone(ctx),
+            config.clone(),
+            weights,
+        )?);
+        layer_grads.push(grad_views);
+    }
+    Ok((layers, layer_grads))
 }

@@ -1,22 +1,16 @@
-//! The training loop and the two demonstration runs, [`train_adding`] and [`train_charlm`].
+//! One training orchestration over two backends: [`Trainer`] runs the steps of a model and its
+//! optimizer on the CPU reference ([`train_step`]) or GPU-resident ([`GpuTrainer`]).
 
+use super::checkpoint::save_checkpoint;
 use super::clip::{clip_grad_norm, clip_grad_value};
 use super::gpu_step::GpuTrainer;
-use super::layers::Readout;
-use super::loss::nats_to_bits;
-use super::model::{DropoutKey, Inputs, ModelInput, SeqModel, SeqModelConfig, Targets};
-use super::optim::{AdamConfig, Optimizer, OptimizerConfig};
-use super::report::{LossPoint, TrainReport};
-use super::sample::{sample_text, SampleOptions};
-use super::tasks::{adding_batch, CharCorpus, Split};
-use crate::config::CellKind;
+use super::model::{DropoutKey, Inputs, SeqModel, Targets};
+use super::optim::Optimizer;
 use crate::error::{Result, RnnError};
 use crate::gpu::GpuContext;
 use crate::scalar::Scalar;
-use serde_json::json;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
-use std::time::Instant;
 
 /// Where the RNN runs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -91,89 +85,13 @@ pub fn train_step<F: Scalar>(
     })
 }
 
-/// Settings of [`train_adding`]. The model: the cell → linear(H, 1) on the last step, MSE.
-#[derive(Clone, Debug, PartialEq)]
-pub struct AddingOptions {
-    pub cell: CellKind,
-    pub seq_len: usize,
-    pub hidden: usize,
-    pub batch: usize,
-    pub steps: usize,
-    /// Adam learning rate.
-    pub lr: f64,
-    /// Global-norm clipping threshold; `None` for no clipping.
-    pub clip: Option<f64>,
-    pub backend: Backend,
-    pub seed: u64,
-    /// Evaluate on the held-out batch every this many steps (and after the last).
-    pub eval_every: usize,
-    /// Size of the fixed held-out batch.
-    pub eval_batch: usize,
-    /// LSTM only: initial forget-gate bias ([`SeqModel::set_forget_bias`]); `None` keeps
-    /// torch's init.
-    pub forget_bias: Option<f64>,
-}
+/// A training run (f32): a model and its optimizer stepped on a [`Backend`]. On the CPU the
+/// reference's host loop; on the GPU a [`GpuTrainer`] (parameters and optimizer state on the
+/// GPU, losses read back only by [`Trainer::take_mean_loss`]).
+pub struct Trainer(Run);
 
-impl Default for AddingOptions {
-    /// LSTM, T = 20, H = 32, B = 64, 600 steps of Adam at 1e-2, clip 1.0.
-    fn default() -> Self {
-        AddingOptions {
-            cell: CellKind::Lstm,
-            seq_len: 20,
-            hidden: 32,
-            batch: 64,
-            steps: 600,
-            lr: 1e-2,
-            clip: Some(1.0),
-            backend: Backend::Cpu,
-            seed: 0,
-            eval_every: 50,
-            eval_batch: 512,
-            forget_bias: None,
-        }
-    }
-}
-
-fn check_positive(values: &[(&str, usize)]) -> Result<()> {
-    match values.iter().find(|(_, v)| *v == 0) {
-        Some((what, _)) => Err(RnnError::Config(format!("{what} must be at least 1"))),
-        None => Ok(()),
-    }
-}
-
-fn clip_of(clip: Option<f64>) -> Clip {
-    clip.map_or(Clip::None, Clip::Norm)
-}
-
-/// Trains a cell on the adding problem (f32) and reports the held-out MSE. On the gpu backend
-/// the whole step runs on the GPU ([`GpuTrainer`]); the losses are read back every
-/// `eval_every` steps.
-pub fn train_adding(opts: &AddingOptions) -> Result<TrainReport> {
-    fit_adding(opts).map(|(_, report)| report)
-}
-
-/// The untrained adding-problem model of `opts`: the cell → linear(H, 1) on the last step,
-/// seeded init, with the forget-gate bias if one is set.
-pub(crate) fn adding_model(opts: &AddingOptions) -> Result<SeqModel<f32>> {
-    let config = SeqModelConfig {
-        cell: opts.cell,
-        input: ModelInput::Features(2),
-        hidden: opts.hidden,
-        layers: 1,
-        outputs: 1,
-        dropout: 0.0,
-        readout: Readout::LastStep,
-    };
-    let mut model = SeqModel::<f32>::init(&config, opts.seed)?;
-    if let Some(bias) = opts.forget_bias {
-        model.set_forget_bias(bias)?;
-    }
-    Ok(model)
-}
-
-/// A training run's state: the CPU reference's host loop, or the GPU-resident
-/// [`GpuTrainer`] (parameters and optimizer state on the GPU, losses read back per interval).
-enum TrainLoop {
+/// The state of a [`Trainer`] on its backend.
+enum Run {
     Cpu {
         model: Box<SeqModel<f32>>,
         optimizer: Optimizer<f32>,
@@ -182,32 +100,43 @@ enum TrainLoop {
     Gpu(Box<GpuTrainer>),
 }
 
-impl TrainLoop {
-    /// Training of `model` from the state of `optimizer` on `backend`.
-    fn new(backend: Backend, model: SeqModel<f32>, optimizer: Optimizer<f32>) -> Result<Self> {
-        Ok(match backend {
-            Backend::Cpu => TrainLoop::Cpu {
+impl Trainer {
+    /// Training of `model` from the state of `optimizer` (fresh, or loaded from a checkpoint)
+    /// on `backend`; the gpu backend opens its own [`GpuContext`].
+    pub fn new(backend: Backend, model: SeqModel<f32>, optimizer: Optimizer<f32>) -> Result<Self> {
+        Ok(Trainer(match backend {
+            Backend::Cpu => Run::Cpu {
                 model: Box::new(model),
                 optimizer,
                 losses: Vec::new(),
             },
-            Backend::Gpu => TrainLoop::Gpu(Box::new(GpuTrainer::resume(
+            Backend::Gpu => Run::Gpu(Box::new(GpuTrainer::resume(
                 Arc::new(GpuContext::new()?),
                 &model,
                 &optimizer,
             )?)),
-        })
+        }))
     }
 
-    fn step(
+    /// Which backend the steps run on.
+    pub fn backend(&self) -> Backend {
+        match self.0 {
+            Run::Cpu { .. } => Backend::Cpu,
+            Run::Gpu(_) => Backend::Gpu,
+        }
+    }
+
+    /// One step: forward, backward, `clip`, optimizer update (with dropout masks of `dropout`
+    /// when the model has dropout). Its loss is kept for [`Trainer::take_mean_loss`].
+    pub fn step(
         &mut self,
         inputs: &Inputs<'_, f32>,
         targets: &Targets<'_, f32>,
         clip: Clip,
         dropout: Option<DropoutKey>,
     ) -> Result<()> {
-        match self {
-            TrainLoop::Cpu {
+        match &mut self.0 {
+            Run::Cpu {
                 model,
                 optimizer,
                 losses,
@@ -216,33 +145,32 @@ impl TrainLoop {
                 losses.push(stats.loss);
                 Ok(())
             }
-            TrainLoop::Gpu(trainer) => trainer.step(inputs, targets, clip, dropout),
+            Run::Gpu(trainer) => trainer.step(inputs, targets, clip, dropout),
         }
     }
 
-    /// The mean training loss since the last call.
-    fn take_mean_loss(&mut self) -> Result<f64> {
-        let losses = match self {
-            TrainLoop::Cpu { losses, .. } => std::mem::take(losses),
-            TrainLoop::Gpu(trainer) => trainer.take_losses()?,
+    /// The mean training loss of the steps since the last call (NaN when there were none).
+    pub fn take_mean_loss(&mut self) -> Result<f64> {
+        let losses = match &mut self.0 {
+            Run::Cpu { losses, .. } => std::mem::take(losses),
+            Run::Gpu(trainer) => trainer.take_losses()?,
         };
         Ok(losses.iter().sum::<f64>() / losses.len() as f64)
     }
 
     /// Evaluation loss (no dropout, no update).
-    fn evaluate(&self, inputs: &Inputs<'_, f32>, targets: &Targets<'_, f32>) -> Result<f64> {
-        match self {
-            TrainLoop::Cpu { model, .. } => Ok(model.loss(inputs, targets)? as f64),
-            TrainLoop::Gpu(trainer) => trainer.evaluate(inputs, targets),
+    pub fn evaluate(&self, inputs: &Inputs<'_, f32>, targets: &Targets<'_, f32>) -> Result<f64> {
+        match &self.0 {
+            Run::Cpu { model, .. } => Ok(model.loss(inputs, targets)? as f64),
+            Run::Gpu(trainer) => trainer.evaluate(inputs, targets),
         }
     }
 
     /// The trained model (read back from the GPU), saved with the optimizer state to
     /// `checkpoint` when given: only then does the state leave the GPU.
-    fn finish(self, checkpoint: Option<&Path>) -> Result<SeqModel<f32>> {
-        use super::checkpoint::save_checkpoint;
-        match self {
-            TrainLoop::Cpu {
+    pub fn finish(self, checkpoint: Option<&Path>) -> Result<SeqModel<f32>> {
+        match self.0 {
+            Run::Cpu {
                 model, optimizer, ..
             } => {
                 if let Some(path) = checkpoint {
@@ -250,7 +178,7 @@ impl TrainLoop {
                 }
                 Ok(*model)
             }
-            TrainLoop::Gpu(mut trainer) => {
+            Run::Gpu(mut trainer) => {
                 let model = trainer.model()?;
                 if let Some(path) = checkpoint {
                     save_checkpoint(path, &model, &trainer.optimizer()?)?;
@@ -259,341 +187,4 @@ impl TrainLoop {
             }
         }
     }
-}
-
-/// A progress bar over training steps with the last held-out loss as its message; drawn only
-/// when stderr is a terminal.
-fn progress_bar(steps: usize) -> indicatif::ProgressBar {
-    let bar = indicatif::ProgressBar::new(steps as u64);
-    if let Ok(style) =
-        indicatif::ProgressStyle::with_template("{bar:40} {pos}/{len} steps, {elapsed} {msg}")
-    {
-        bar.set_style(style);
-    }
-    bar
-}
-
-/// [`train_adding`], also returning the trained model.
-pub(crate) fn fit_adding(opts: &AddingOptions) -> Result<(SeqModel<f32>, TrainReport)> {
-    check_positive(&[
-        ("steps", opts.steps),
-        ("eval_every", opts.eval_every),
-        ("eval_batch", opts.eval_batch),
-    ])?;
-    let model = adding_model(opts)?;
-    let adam = OptimizerConfig::Adam(AdamConfig::new(opts.lr));
-    // The held-out batch comes from a generator stream training never uses.
-    let (eval_x, eval_y) =
-        adding_batch::<f32>(opts.seq_len, opts.eval_batch, opts.seed ^ 0x5EED_E7A1, 0)?;
-    let optimizer = Optimizer::new(adam, &model.tensor_lens())?;
-    let mut run = TrainLoop::new(opts.backend, model, optimizer)?;
-    let (eval_inputs, eval_targets) = (
-        Inputs::Features(eval_x.view()),
-        Targets::Values(eval_y.view()),
-    );
-    let start = Instant::now();
-    let mut history = vec![LossPoint {
-        step: 0,
-        epoch: None,
-        loss: run.evaluate(&eval_inputs, &eval_targets)?,
-        train_loss: f64::NAN,
-    }];
-    let bar = progress_bar(opts.steps);
-    for step in 0..opts.steps {
-        let (x, y) = adding_batch::<f32>(opts.seq_len, opts.batch, opts.seed, step as u64)?;
-        let (inputs, targets) = (Inputs::Features(x.view()), Targets::Values(y.view()));
-        run.step(&inputs, &targets, clip_of(opts.clip), None)?;
-        bar.inc(1);
-        if (step + 1) % opts.eval_every == 0 || step + 1 == opts.steps {
-            let train_loss = run.take_mean_loss()?;
-            let loss = run.evaluate(&eval_inputs, &eval_targets)?;
-            bar.set_message(format!("held-out MSE {loss:.5}"));
-            history.push(LossPoint {
-                step: step + 1,
-                epoch: None,
-                loss,
-                train_loss,
-            });
-        }
-    }
-    bar.finish_and_clear();
-    let model = run.finish(None)?;
-    let final_value = history.last().map_or(f64::NAN, |p| p.loss);
-    let report = TrainReport {
-        task: "adding".into(),
-        cell: cell_name(opts.cell),
-        backend: opts.backend.name().into(),
-        settings: vec![
-            ("seq_len".into(), json!(opts.seq_len)),
-            ("hidden".into(), json!(opts.hidden)),
-            ("batch".into(), json!(opts.batch)),
-            ("steps".into(), json!(opts.steps)),
-            ("lr".into(), json!(opts.lr)),
-            ("clip".into(), json!(opts.clip)),
-            ("seed".into(), json!(opts.seed)),
-            ("forget_bias".into(), json!(opts.forget_bias)),
-            (
-                "baseline_mse".into(),
-                json!(super::tasks::ADDING_BASELINE_MSE),
-            ),
-        ],
-        history,
-        final_metric: "final_mse",
-        final_value,
-        seconds: start.elapsed().as_secs_f64(),
-        sample: None,
-    };
-    Ok((model, report))
-}
-
-/// `rnn_tanh`, `rnn_relu`, `lstm`, `gru`, …
-pub fn cell_name(cell: CellKind) -> String {
-    match cell {
-        CellKind::Rnn(nl) => format!("rnn_{}", nl.name()),
-        other => other.name().to_string(),
-    }
-}
-
-/// The text bundled with the crate (public-domain US documents, see `data/README.md`).
-pub const BUNDLED_TEXT: &str = include_str!("../../data/public_domain.txt");
-
-/// Settings of [`train_charlm`]. The model: embedding → `layers` cells with dropout between
-/// layers and before the output → linear(H, V) on every step, cross-entropy.
-#[derive(Clone, Debug, PartialEq)]
-pub struct CharLmOptions {
-    /// A UTF-8 text file; `None` uses [`BUNDLED_TEXT`].
-    pub text: Option<PathBuf>,
-    pub cell: CellKind,
-    pub embed: usize,
-    pub hidden: usize,
-    pub layers: usize,
-    pub dropout: f32,
-    pub seq_len: usize,
-    pub batch: usize,
-    pub steps: usize,
-    /// Adam learning rate.
-    pub lr: f64,
-    /// Global-norm clipping threshold; `None` for no clipping.
-    pub clip: Option<f64>,
-    pub backend: Backend,
-    pub seed: u64,
-    /// Evaluate on the held-out text every this many steps; `None`: at the end of every epoch
-    /// (one epoch = ⌈training characters / (batch · seq_len)⌉ steps: as many characters as
-    /// the training split holds, drawn as random windows). Always also after the last step.
-    pub eval_every: Option<usize>,
-    /// Fraction of the text held out (its tail).
-    pub held_out_fraction: f64,
-    /// If set, the final model and optimizer state are saved here.
-    pub checkpoint: Option<PathBuf>,
-    /// If set, training goes on from this checkpoint (same text and model options): from its
-    /// optimizer step up to `steps`, drawing the same batches and dropout masks as an
-    /// uninterrupted run.
-    pub resume: Option<PathBuf>,
-    /// Characters sampled from the final model into [`TrainReport::sample`] (0: no sample).
-    pub sample_len: usize,
-    /// Fed to the model before sampling; the sample starts with it.
-    pub sample_prime: String,
-    /// Sampling temperature (> 0); the sampler is seeded from `seed`.
-    pub temperature: f64,
-}
-
-impl Default for CharLmOptions {
-    /// 2-layer LSTM, E = 32, H = 128, dropout 0.1, T = 64, B = 32, 300 steps of Adam at 3e-3,
-    /// evaluated every epoch; 200 characters sampled at temperature 0.8 after the prime "The ".
-    fn default() -> Self {
-        CharLmOptions {
-            text: None,
-            cell: CellKind::Lstm,
-            embed: 32,
-            hidden: 128,
-            layers: 2,
-            dropout: 0.1,
-            seq_len: 64,
-            batch: 32,
-            steps: 300,
-            lr: 3e-3,
-            clip: Some(1.0),
-            backend: Backend::Cpu,
-            seed: 0,
-            eval_every: None,
-            held_out_fraction: 0.1,
-            checkpoint: None,
-            resume: None,
-            sample_len: 200,
-            sample_prime: "The ".into(),
-            temperature: 0.8,
-        }
-    }
-}
-
-/// Trains a character-level language model (f32) and reports held-out bits per character and
-/// perplexity per evaluation, then samples text from the final model (CPU). On the gpu backend
-/// the whole step runs on the GPU ([`GpuTrainer`]).
-pub fn train_charlm(opts: &CharLmOptions) -> Result<TrainReport> {
-    check_positive(&[
-        ("steps", opts.steps),
-        ("batch", opts.batch),
-        ("seq_len", opts.seq_len),
-        ("eval_every", opts.eval_every.unwrap_or(1)),
-    ])?;
-    let text = match &opts.text {
-        Some(path) => std::fs::read_to_string(path).map_err(|e| RnnError::io(path, e))?,
-        None => BUNDLED_TEXT.to_string(),
-    };
-    let corpus = CharCorpus::from_text(&text, opts.held_out_fraction)?;
-    let vocab = corpus.vocab.len();
-    let config = SeqModelConfig {
-        cell: opts.cell,
-        input: ModelInput::Tokens {
-            vocab,
-            dim: opts.embed,
-        },
-        hidden: opts.hidden,
-        layers: opts.layers,
-        outputs: vocab,
-        dropout: opts.dropout,
-        readout: Readout::EveryStep,
-    };
-    let (model, optimizer) = match &opts.resume {
-        Some(path) => resume_charlm(path, &config, opts.steps)?,
-        None => {
-            let model = SeqModel::<f32>::init(&config, opts.seed)?;
-            let adam = OptimizerConfig::Adam(AdamConfig::new(opts.lr));
-            let optimizer = Optimizer::new(adam, &model.tensor_lens())?;
-            (model, optimizer)
-        }
-    };
-    let first_step = optimizer.step as usize;
-    let eval_batches =
-        corpus.sequential_batches(Split::HeldOut, opts.seq_len, opts.batch.min(8))?;
-    let chars_per_step = opts.batch * opts.seq_len;
-    let epoch_steps = corpus.train.len().div_ceil(chars_per_step);
-    let eval_every = opts.eval_every.unwrap_or(epoch_steps);
-    let epoch_at = |step: usize| Some((step * chars_per_step) as f64 / corpus.train.len() as f64);
-    let mut run = TrainLoop::new(opts.backend, model, optimizer)?;
-    let evaluate = |run: &TrainLoop| -> Result<f64> {
-        let mut total = 0.0;
-        for (x, y) in &eval_batches {
-            total += run.evaluate(&Inputs::Tokens(x.view()), &Targets::Classes(y))?;
-        }
-        Ok(nats_to_bits(total / eval_batches.len() as f64))
-    };
-    let start = Instant::now();
-    let mut history = vec![LossPoint {
-        step: first_step,
-        epoch: epoch_at(first_step),
-        loss: evaluate(&run)?,
-        train_loss: f64::NAN,
-    }];
-    let dropout_seed = (opts.seed as u32) ^ 0xD80F;
-    let bar = progress_bar(opts.steps);
-    bar.set_position(first_step as u64);
-    for step in first_step..opts.steps {
-        let (x, y) = corpus.random_batch(
-            Split::Train,
-            opts.seq_len,
-            opts.batch,
-            opts.seed,
-            step as u64,
-        )?;
-        run.step(
-            &Inputs::Tokens(x.view()),
-            &Targets::Classes(&y),
-            clip_of(opts.clip),
-            (opts.dropout > 0.0).then_some(DropoutKey {
-                seed: dropout_seed,
-                step: step as u32,
-            }),
-        )?;
-        bar.inc(1);
-        if (step + 1) % eval_every == 0 || step + 1 == opts.steps {
-            let train_loss = nats_to_bits(run.take_mean_loss()?);
-            let loss = evaluate(&run)?;
-            bar.set_message(format!("held-out {loss:.3} bits/char"));
-            history.push(LossPoint {
-                step: step + 1,
-                epoch: epoch_at(step + 1),
-                loss,
-                train_loss,
-            });
-        }
-    }
-    bar.finish_and_clear();
-    let seconds = start.elapsed().as_secs_f64();
-    let model = run.finish(opts.checkpoint.as_deref())?;
-    let sample = (opts.sample_len > 0)
-        .then(|| {
-            sample_text(
-                &model,
-                &corpus.vocab,
-                &SampleOptions {
-                    prime: opts.sample_prime.clone(),
-                    len: opts.sample_len,
-                    temperature: opts.temperature,
-                    seed: opts.seed,
-                },
-            )
-        })
-        .transpose()?;
-    let final_value = history.last().map_or(f64::NAN, |p| p.loss);
-    Ok(TrainReport {
-        task: "charlm".into(),
-        cell: cell_name(opts.cell),
-        backend: opts.backend.name().into(),
-        settings: vec![
-            ("vocab".into(), json!(vocab)),
-            ("train_chars".into(), json!(corpus.train.len())),
-            ("held_out_chars".into(), json!(corpus.held_out.len())),
-            ("embed".into(), json!(opts.embed)),
-            ("hidden".into(), json!(opts.hidden)),
-            ("layers".into(), json!(opts.layers)),
-            ("dropout".into(), json!(opts.dropout)),
-            ("seq_len".into(), json!(opts.seq_len)),
-            ("batch".into(), json!(opts.batch)),
-            ("steps".into(), json!(opts.steps)),
-            ("lr".into(), json!(opts.lr)),
-            ("clip".into(), json!(opts.clip)),
-            ("seed".into(), json!(opts.seed)),
-            (
-                "resumed_at_step".into(),
-                json!(opts.resume.is_some().then_some(first_step)),
-            ),
-            ("epoch_steps".into(), json!(epoch_steps)),
-            ("eval_every".into(), json!(eval_every)),
-            ("sample_prime".into(), json!(opts.sample_prime)),
-            ("temperature".into(), json!(opts.temperature)),
-        ],
-        history,
-        final_metric: "final_bpc",
-        final_value,
-        seconds,
-        sample,
-    })
-}
-
-/// The model and optimizer of a character-LM checkpoint, checked against the run's model
-/// `config` and step count.
-fn resume_charlm(
-    path: &std::path::Path,
-    config: &SeqModelConfig,
-    steps: usize,
-) -> Result<(SeqModel<f32>, Optimizer<f32>)> {
-    let (model, optimizer) = super::checkpoint::load_checkpoint::<f32>(path)?;
-    if model.config != *config {
-        return Err(RnnError::Config(format!(
-            "checkpoint {} holds a model {:?}, these options make {:?} (same text, cell, \
-             embed, hidden, layers and dropout are needed to resume)",
-            path.display(),
-            model.config,
-            config
-        )));
-    }
-    if optimizer.step as usize > steps {
-        return Err(RnnError::Config(format!(
-            "checkpoint {} is at step {}, beyond steps = {steps}",
-            path.display(),
-            optimizer.step
-        )));
-    }
-    Ok((model, optimizer))
 }

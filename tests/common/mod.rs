@@ -1,4 +1,8 @@
-//! Helpers shared by the GPU integration tests (`mod common;`).
+//! Helpers shared by the integration tests (`mod common;`): the GPU context and the torch
+//! fixture reader. Each test binary uses a part of them.
+#![allow(dead_code)]
+
+pub mod fixture;
 
 use std::sync::{Arc, OnceLock};
 
@@ -28,4 +32,24 @@ pub fn gpu() -> Option<Arc<GpuContext>> {
         }
     })
     .clone()
+}
+
+/// ‖a − b‖ / ‖b‖ (‖a − b‖ when b = 0).
+pub fn rel_err(a: &[f64], b: &[f64]) -> f64 {
+    let diff: f64 = a
+        .iter()
+        .zip(b)
+        .map(|(x, y)| (x - y) * (x - y))
+        .sum::<f64>()
+        .sqrt();
+    let norm: f64 = b.iter().map(|y| y * y).sum::<f64>().sqrt();
+    if norm == 0.0 {
+        diff
+    } else {
+        diff / norm
+    }
+}
+
+pub fn f64s(v: &[f32]) -> Vec<f64> {
+    v.iter().map(|&x| x as f64).collect()
 }

@@ -4,10 +4,15 @@ use clap::{Parser, Subcommand, ValueEnum};
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
-use wgpu_rnn::bench::{self, BenchCase, BenchOptions, Mode};
-use wgpu_rnn::fixture::{check_fixture, Fixture};
 use wgpu_rnn::gpu::{enumerate_adapters, GpuContext, GpuOptions, GpuRnn};
-use wgpu_rnn::{cpu, train, CellKind, Result};
+use wgpu_rnn::train::Backend;
+use wgpu_rnn::{cpu, CellKind, Result};
+use wgpu_rnn_cli::bench::{self, BenchCase, BenchOptions, Mode};
+use wgpu_rnn_cli::fixture::{check_fixture, Fixture};
+use wgpu_rnn_cli::{
+    gradflow_with, train_adding, train_charlm, AddingOptions, CharLmOptions, GradFlowOptions,
+    GradFlowWeights,
+};
 
 #[derive(Parser)]
 #[command(
@@ -206,14 +211,14 @@ fn run(cli: Cli) -> Result<ExitCode> {
                     ))
                 })?),
             };
-            let report = train::gradflow_with(
-                &train::GradFlowOptions {
+            let report = gradflow_with(
+                &GradFlowOptions {
                     seq_len,
                     hidden,
                     batch,
                     seed,
                 },
-                &train::GradFlowWeights {
+                &GradFlowWeights {
                     forget_bias,
                     train_steps,
                 },
@@ -325,8 +330,8 @@ fn run(cli: Cli) -> Result<ExitCode> {
 fn train(task: TrainTask) -> Result<ExitCode> {
     let (args, report) = match task {
         TrainTask::Adding { args } => {
-            let defaults = train::AddingOptions::default();
-            let opts = train::AddingOptions {
+            let defaults = AddingOptions::default();
+            let opts = AddingOptions {
                 cell: CellKind::parse(&args.cell)?,
                 seq_len: args.seq_len.unwrap_or(defaults.seq_len),
                 hidden: args.hidden.unwrap_or(defaults.hidden),
@@ -338,7 +343,7 @@ fn train(task: TrainTask) -> Result<ExitCode> {
                 seed: args.seed,
                 ..defaults
             };
-            let report = train::train_adding(&opts)?;
+            let report = train_adding(&opts)?;
             (args, report)
         }
         TrainTask::Charlm {
@@ -349,8 +354,8 @@ fn train(task: TrainTask) -> Result<ExitCode> {
             checkpoint,
             resume,
         } => {
-            let defaults = train::CharLmOptions::default();
-            let opts = train::CharLmOptions {
+            let defaults = CharLmOptions::default();
+            let opts = CharLmOptions {
                 text,
                 cell: CellKind::parse(&args.cell)?,
                 layers: layers.unwrap_or(defaults.layers),
@@ -367,7 +372,7 @@ fn train(task: TrainTask) -> Result<ExitCode> {
                 resume,
                 ..defaults
             };
-            let report = train::train_charlm(&opts)?;
+            let report = train_charlm(&opts)?;
             (args, report)
         }
     };
@@ -395,10 +400,10 @@ fn positive(v: f64) -> Option<f64> {
     (v > 0.0).then_some(v)
 }
 
-fn train_backend(arg: TrainBackendArg) -> train::Backend {
+fn train_backend(arg: TrainBackendArg) -> Backend {
     match arg {
-        TrainBackendArg::Cpu => train::Backend::Cpu,
-        TrainBackendArg::Gpu => train::Backend::Gpu,
+        TrainBackendArg::Cpu => Backend::Cpu,
+        TrainBackendArg::Gpu => Backend::Gpu,
     }
 }
 

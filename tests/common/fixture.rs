@@ -1,18 +1,18 @@
 //! PyTorch reference fixtures (see tests/fixtures/torch/README.md) and the comparison of a
 //! forward + backward result against them.
 
-use crate::batch::{ForwardOutput, Gradients, SequenceBatch, UpstreamGrads};
-use crate::config::{CellKind, Nonlinearity, RnnConfig};
-use crate::error::{check_shape, Result, RnnError};
-use crate::params::RnnParams;
-use crate::scalar::Scalar;
-use crate::tensorfile;
 use ndarray::{Array3, ArrayD, ArrayView, ArrayViewD, Dimension, Ix3};
 use safetensors::Dtype;
 use serde_json::Value;
 use std::collections::HashMap;
 use std::fmt;
 use std::path::Path;
+use wgpu_rnn::batch::{ForwardOutput, Gradients, SequenceBatch, UpstreamGrads};
+use wgpu_rnn::config::{CellKind, Nonlinearity, RnnConfig};
+use wgpu_rnn::error::{check_shape, Result, RnnError};
+use wgpu_rnn::params::RnnParams;
+use wgpu_rnn::scalar::Scalar;
+use wgpu_rnn::tensorfile;
 
 /// Tolerance on ‖Δ‖/‖ref‖ for output, h_n and c_n.
 pub const OUTPUT_TOL: f64 = 1e-5;
@@ -421,154 +421,4 @@ pub fn check_fixture<F: Scalar>(
         });
     }
     checks
-}
-
-/// Hostile fixture files: each is an error naming the key or tensor, never a panic or an
-/// allocation sized by the metadata (a claimed size must match the file's tensors first).
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use rand::{RngExt, SeedableRng};
-    use serde_json::Map;
-    use std::sync::atomic::{AtomicUsize, Ordering};
-
-    fn fixture_bytes(name: &str) -> Vec<u8> {
-        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/torch");
-        std::fs::read(dir.join(format!("{name}.safetensors"))).unwrap()
-    }
-
-    /// The header (parsed) and the byte offset of the data section.
-    fn header(bytes: &[u8]) -> (Map<String, Value>, usize) {
-        let n = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
-        (serde_json::from_slice(&bytes[8..8 + n]).unwrap(), 8 + n)
-    }
-
-    /// The file with metadata `key` set to the JSON text `value`.
-    fn with_metadata(bytes: &[u8], key: &str, value: &str) -> Vec<u8> {
-        let (mut header, data) = header(bytes);
-        header["__metadata__"][key] = Value::String(value.into());
-        let text = serde_json::to_vec(&header).unwrap();
-        let mut out = (text.len() as u64).to_le_bytes().to_vec();
-        out.extend_from_slice(&text);
-        out.extend_from_slice(&bytes[data..]);
-        out
-    }
-
-    /// The file with `value` written over the start of tensor `name`'s data.
-    fn with_value(bytes: &[u8], name: &str, value: &[u8]) -> Vec<u8> {
-        let (header, data) = header(bytes);
-        let start = data + header[name]["data_offsets"][0].as_u64().unwrap() as usize;
-        let mut out = bytes.to_vec();
-        out[start..start + value.len()].copy_from_slice(value);
-        out
-    }
-
-    fn load(bytes: &[u8]) -> Result<Fixture<f32>> {
-        static COUNT: AtomicUsize = AtomicUsize::new(0);
-        let path = std::env::temp_dir().join(format!(
-            "wgpu_rnn_fixture_unit_{}_{}.safetensors",
-            std::process::id(),
-            COUNT.fetch_add(1, Ordering::Relaxed)
-        ));
-        std::fs::write(&path, bytes).unwrap();
-        let result = Fixture::load(&path);
-        std::fs::remove_file(&path).unwrap();
-        result
-    }
-
-    fn assert_error(case: &str, result: Result<Fixture<f32>>, words: &[&str]) {
-        let message = result.map(|_| ()).expect_err(case).to_string();
-        for word in words {
-            assert!(message.contains(word), "{case}: `{message}` lacks `{word}`");
-        }
-    }
-
-    #[test]
-    fn huge_sizes_in_metadata_are_errors_naming_the_tensor_or_key() {
-        let original = fixture_bytes("lstm_2layer_bidir");
-        load(&original).unwrap();
-        for (key, value, words) in [
-            (
-                "hidden_size",
-                "1048576",
-                &["weight_ih_l0", "[4194304, 5]"][..],
-            ),
-            (
-                "hidden_size",
-                "1099511627776",
-                &["hidden_size", "overflows"],
-            ),
-            (
-                "hidden_size",
-                "18446744073709551615",
-                &["hidden_size", "overflows"],
-            ),
-            ("num_layers", "1000000000000", &["weight_ih_l2"]),
-            ("num_layers", "9223372036854775807", &["overflows"]),
-            (
-                "input_size",
-                "1099511627776",
-                &["weight_ih_l0", "1099511627776"],
-            ),
-            ("seq_len", "1099511627776", &["input", "1099511627776"]),
-            ("batch", "18446744073709551615", &["input"]),
-            ("hidden_size", "-4", &["fixture metadata", "hidden_size"]),
-            ("num_layers", "0", &["num_layers"]),
-        ] {
-            let bytes = with_metadata(&original, key, value);
-            assert_error(&format!("{key} = {value}"), load(&bytes), words);
-        }
-    }
-
-    #[test]
-    fn non_finite_and_negative_values_are_errors_naming_the_tensor() {
-        let gru = fixture_bytes("gru_1layer");
-        let nan_output = with_value(&gru, "output", &f64::NAN.to_le_bytes());
-        assert_error("NaN output", load(&nan_output), &["`output`", "non-finite"]);
-        let inf_weight = with_value(&gru, "weight_hh_l0", &f32::INFINITY.to_le_bytes());
-        assert_error(
-            "Inf weight",
-            load(&inf_weight),
-            &["weight_hh_l0", "non-finite"],
-        );
-        let varlen = fixture_bytes("lstm_varlen");
-        let negative = with_value(&varlen, "lengths", &(-3i64).to_le_bytes());
-        assert_error("negative length", load(&negative), &["-3"]);
-        let beyond = with_value(&varlen, "lengths", &99i64.to_le_bytes());
-        assert_error("length beyond T", load(&beyond), &["lengths[0] = 99"]);
-    }
-
-    /// Seeded bit flips, truncations and hostile metadata values: each load is Ok or Err.
-    #[test]
-    fn seeded_corruptions_load_or_fail_cleanly() {
-        let original = fixture_bytes("lstm_varlen");
-        let (header, _) = header(&original);
-        let keys: Vec<&String> = header["__metadata__"].as_object().unwrap().keys().collect();
-        let hostile = [
-            "0",
-            "-1",
-            "2.5",
-            "4294967296",
-            "18446744073709551615",
-            "null",
-            "\"x\"",
-        ];
-        let mut rng = rand::rngs::StdRng::seed_from_u64(11);
-        for _ in 0..300 {
-            let bytes = match rng.random_range(0..3) {
-                0 => {
-                    let mut b = original.clone();
-                    let i = rng.random_range(0..b.len());
-                    b[i] ^= 1 << rng.random_range(0..8);
-                    b
-                }
-                1 => original[..rng.random_range(0..original.len())].to_vec(),
-                _ => {
-                    let key = keys[rng.random_range(0..keys.len())];
-                    with_metadata(&original, key, hostile[rng.random_range(0..hostile.len())])
-                }
-            };
-            let _ = load(&bytes);
-        }
-    }
 }

@@ -8,19 +8,18 @@
 //! the cell state, whose per-step factor is the forget gate: with torch's init f ≈ σ(0) = 0.5
 //! and that path vanishes too, hence [`GradFlowWeights::forget_bias`].
 
-use super::layers::{Linear, Readout};
-use super::loss::mse;
-use super::report::{plot_lines, write_json};
-use super::tasks::adding_batch;
-use super::trainer::{adding_model, fit_adding, AddingOptions};
-use crate::batch::{SequenceBatch, UpstreamGrads};
-use crate::config::{CellKind, Nonlinearity};
-use crate::cpu;
-use crate::error::{Result, RnnError};
-use crate::params::RnnParams;
+use crate::demo::{adding_model, cell_name, fit_adding, AddingOptions};
+use crate::report::{plot_lines, write_json};
+use crate::tasks::adding_batch;
 use ndarray::{s, Array2, Array3, Axis};
 use serde_json::json;
 use std::path::Path;
+use wgpu_rnn::batch::{SequenceBatch, UpstreamGrads};
+use wgpu_rnn::config::{CellKind, Nonlinearity};
+use wgpu_rnn::cpu;
+use wgpu_rnn::error::{Result, RnnError};
+use wgpu_rnn::params::RnnParams;
+use wgpu_rnn::train::{mse, Linear, Readout};
 
 /// Settings of [`gradflow`].
 #[derive(Clone, Debug, PartialEq)]
@@ -48,7 +47,7 @@ impl Default for GradFlowOptions {
 #[derive(Clone, Debug, PartialEq)]
 pub struct GradFlowWeights {
     /// The LSTM's initial forget-gate bias (b_if; b_hf = 0, see
-    /// [`SeqModel::set_forget_bias`](super::model::SeqModel::set_forget_bias)); `None` keeps
+    /// [`SeqModel::set_forget_bias`](wgpu_rnn::train::SeqModel::set_forget_bias)); `None` keeps
     /// torch's init (forget gate ≈ 0.5).
     pub forget_bias: Option<f64>,
     /// Adding-problem training steps (f32, [`AddingOptions`]' defaults for batch, learning rate
@@ -174,7 +173,7 @@ pub fn gradflow_with(opts: &GradFlowOptions, weights: &GradFlowWeights) -> Resul
             let norms = hidden_grad_norms(&params, &linear, &x, &y)?;
             let first_last_ratio = norms[0] / norms[opts.seq_len - 1];
             Ok(GradFlowCurve {
-                cell: super::trainer::cell_name(cell),
+                cell: cell_name(cell),
                 norms,
                 first_last_ratio,
                 trained_mse,

@@ -1,10 +1,10 @@
 //! Training reports: loss history as JSON and PNG line plots.
 
-use crate::error::{Result, RnnError};
 use plotters::prelude::*;
 use serde_json::{json, Map, Value};
 use std::path::Path;
-use std::sync::Once;
+use std::sync::OnceLock;
+use wgpu_rnn::error::{Result, RnnError};
 
 /// One evaluation during training.
 #[derive(Clone, Debug, PartialEq)]
@@ -201,10 +201,23 @@ fn finite(v: f64) -> Value {
 pub(crate) fn write_json(path: &Path, value: &Value) -> Result<()> {
     let text = serde_json::to_string_pretty(value)
         .map_err(|e| RnnError::io(path, std::io::Error::other(e)))?;
-    crate::tensorfile::write_atomic(path, text.as_bytes())
+    wgpu_rnn::tensorfile::write_atomic(path, text.as_bytes())
 }
 
-static FONT: Once = Once::new();
+/// The font family every plot uses: DejaVu Sans, compiled in once for all plots.
+pub(crate) const FONT: &str = "sans-serif";
+
+/// Registers the embedded DejaVu Sans once (plotters' ab_glyph backend has no system fonts).
+pub(crate) fn register_font() -> std::result::Result<(), String> {
+    static REGISTERED: OnceLock<std::result::Result<(), String>> = OnceLock::new();
+    REGISTERED
+        .get_or_init(|| {
+            let bytes = include_bytes!("assets/DejaVuSans.ttf");
+            plotters::style::register_font(FONT, FontStyle::Normal, bytes)
+                .map_err(|_| "the embedded DejaVuSans.ttf is not a valid font".to_string())
+        })
+        .clone()
+}
 
 /// Draws named (x, y) series as lines into a PNG at `path`, saved atomically; with `log_y` the
 /// y values are plotted as log10. Non-finite points are skipped.
@@ -216,7 +229,7 @@ pub(crate) fn plot_lines(
     series: &[(String, Vec<(f64, f64)>)],
     log_y: bool,
 ) -> Result<()> {
-    crate::tensorfile::save_atomic(path, |tmp| {
+    wgpu_rnn::tensorfile::save_atomic(path, |tmp| {
         draw_lines(path, tmp, title, x_label, y_label, series, log_y)
     })
 }
@@ -231,15 +244,8 @@ fn draw_lines(
     series: &[(String, Vec<(f64, f64)>)],
     log_y: bool,
 ) -> Result<()> {
-    FONT.call_once(|| {
-        // The font is compiled in and known to parse.
-        let _ = plotters::style::register_font(
-            "sans-serif",
-            FontStyle::Normal,
-            include_bytes!("../../assets/DejaVuSans.ttf"),
-        );
-    });
     let fail = |e: &dyn std::fmt::Display| RnnError::io(path, std::io::Error::other(e.to_string()));
+    register_font().map_err(|e| fail(&e))?;
     let series: Vec<(&String, Vec<(f64, f64)>)> = series
         .iter()
         .map(|(name, points)| {
@@ -271,7 +277,7 @@ fn draw_lines(
     let root = BitMapBackend::new(target, (900, 540)).into_drawing_area();
     root.fill(&WHITE).map_err(|e| fail(&e))?;
     let mut chart = ChartBuilder::on(&root)
-        .caption(title, ("sans-serif", 22))
+        .caption(title, (FONT, 22))
         .margin(12)
         .x_label_area_size(40)
         .y_label_area_size(60)

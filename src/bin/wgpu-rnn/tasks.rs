@@ -1,10 +1,10 @@
 //! Demonstration tasks: the adding problem and character-level language modelling.
 
-use crate::error::{Result, RnnError};
-use crate::scalar::Scalar;
 use ndarray::{Array2, Array3};
 use rand::{RngExt, SeedableRng};
 use std::collections::BTreeSet;
+use wgpu_rnn::error::{Result, RnnError};
+use wgpu_rnn::scalar::Scalar;
 
 /// MSE of always predicting 1 on the adding problem: Var(U₁ + U₂) = 1/6.
 pub const ADDING_BASELINE_MSE: f64 = 1.0 / 6.0;

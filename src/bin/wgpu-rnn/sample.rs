@@ -1,13 +1,13 @@
 //! Text generation from a trained character model: feed a prime string, then draw one
 //! character at a time from softmax(logits / temperature), carrying every layer's state.
 
-use super::model::{ModelInput, SeqModel};
-use crate::batch::SequenceBatch;
-use crate::cpu;
-use crate::error::{Result, RnnError};
-use crate::scalar::Scalar;
 use ndarray::{Array2, Array3, Axis};
 use rand::{RngExt, SeedableRng};
+use wgpu_rnn::batch::SequenceBatch;
+use wgpu_rnn::cpu;
+use wgpu_rnn::error::{Result, RnnError};
+use wgpu_rnn::scalar::Scalar;
+use wgpu_rnn::train::{ModelInput, SeqModel};
 
 /// How [`sample_text`] draws characters.
 #[derive(Clone, Debug, PartialEq)]

@@ -9,20 +9,20 @@
 //! outside the timed region. Each repetition has a wall time and, when the device has timestamp
 //! queries, the GPU time of its compute passes ([`GpuContext::start_pass_timing`]).
 
-use crate::batch::{ForwardOutput, Gradients, SequenceBatch, UpstreamGrads};
-use crate::config::{CellKind, Nonlinearity, RnnConfig};
-use crate::cpu;
-use crate::error::{Result, RnnError};
 use crate::fixture::relative_error;
-use crate::gpu::{GpuContext, GpuRnn, GpuSequenceBatch, GpuTensor, GpuUpstreamGrads};
-use crate::params::RnnParams;
 use indicatif::{ProgressBar, ProgressStyle};
 use ndarray::Array3;
 use rand::{RngExt, SeedableRng};
 use serde_json::{json, Value};
 use std::path::Path;
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 use std::time::Instant;
+use wgpu_rnn::batch::{ForwardOutput, Gradients, SequenceBatch, UpstreamGrads};
+use wgpu_rnn::config::{CellKind, Nonlinearity, RnnConfig};
+use wgpu_rnn::cpu;
+use wgpu_rnn::error::{Result, RnnError};
+use wgpu_rnn::gpu::{GpuContext, GpuRnn, GpuSequenceBatch, GpuTensor, GpuUpstreamGrads};
+use wgpu_rnn::params::RnnParams;
 
 /// Which implementation(s) to time.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -464,13 +464,13 @@ impl BenchReport {
         let path = path.as_ref();
         let text = serde_json::to_string_pretty(&Value::Array(self.records()))
             .map_err(|e| RnnError::io(path, std::io::Error::other(e)))?;
-        crate::tensorfile::write_atomic(path, (text + "\n").as_bytes())
+        wgpu_rnn::tensorfile::write_atomic(path, (text + "\n").as_bytes())
     }
 
     /// Writes a PNG bar chart: median ms of CPU and GPU per case, log scale.
     pub fn plot(&self, path: impl AsRef<Path>) -> Result<()> {
         let path = path.as_ref();
-        crate::tensorfile::save_atomic(path, |tmp| {
+        wgpu_rnn::tensorfile::save_atomic(path, |tmp| {
             plot::bars(self, tmp).map_err(|e| RnnError::io(path, std::io::Error::other(e)))
         })
     }
@@ -848,25 +848,13 @@ fn git_commit() -> String {
 mod plot {
     //! The bar chart of [`BenchReport::plot`].
 
-    use super::{BenchReport, OnceLock};
+    use super::BenchReport;
+    use crate::report::{register_font, FONT};
     use plotters::prelude::*;
     use std::path::Path;
 
-    const FONT: &str = "sans-serif";
-    static FONT_BYTES: &[u8] = include_bytes!("../assets/DejaVuSans.ttf");
     const CPU_COLOR: RGBColor = RGBColor(70, 110, 190);
     const GPU_COLOR: RGBColor = RGBColor(230, 120, 40);
-
-    /// Registers the embedded DejaVu Sans once (plotters' ab_glyph backend has no system fonts).
-    fn register_font() -> Result<(), String> {
-        static REGISTERED: OnceLock<Result<(), String>> = OnceLock::new();
-        REGISTERED
-            .get_or_init(|| {
-                plotters::style::register_font(FONT, FontStyle::Normal, FONT_BYTES)
-                    .map_err(|_| "the embedded DejaVuSans.ttf is not a valid font".to_string())
-            })
-            .clone()
-    }
 
     pub(super) fn bars(report: &BenchReport, path: &Path) -> Result<(), String> {
         register_font()?;
