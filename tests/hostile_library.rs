@@ -1,22 +1,22 @@
 //! Hostile input through the library API (issue 11), by class: every bad file or value is a
 //! clear error naming the tensor or field, never a panic, an abort or a corrupted file. The bad
-//! files are made by the builders in tests/bad_files/. Torch fixtures (an application format)
-//! have their hostile cases in src/fixture.rs's unit tests.
+//! files are made by the builders in tests/bad_files/.
 
 mod bad_files;
 mod common;
 
 use bad_files::{
-    checkpoint_bytes, checkpoint_config, edit_tensors, f32_bytes, params_bytes, params_config,
-    set_model_field, TempDir,
+    checkpoint_bytes, checkpoint_config, edit_tensors, f32_bytes, fixture_path, params_bytes,
+    params_config, set_metadata, set_model_field, TempDir,
 };
+use common::fixture::Fixture;
 use ndarray::{Array2, Array3};
 use safetensors::Dtype;
 use serde_json::json;
 use wgpu_rnn::gpu::GpuRnn;
 use wgpu_rnn::train::{
-    adding_batch, cross_entropy, load_checkpoint, save_checkpoint, CharCorpus, Embedding,
-    Optimizer, OptimizerConfig, Readout, SeqModel, SgdConfig, Split,
+    cross_entropy, load_checkpoint, save_checkpoint, Embedding, Optimizer, OptimizerConfig,
+    Readout, SeqModel, SgdConfig,
 };
 use wgpu_rnn::{cpu, CellKind, RnnParams, SequenceBatch};
 
@@ -50,6 +50,56 @@ fn sgd() -> OptimizerConfig {
 }
 
 // ---- Class 1: sizes from a file are checked before anything of their size is allocated ----
+
+#[test]
+fn class1_fixture_claiming_huge_sizes_is_an_error_naming_the_tensor_or_key() {
+    let dir = TempDir::new("hostile");
+    let original = std::fs::read(fixture_path("lstm_2layer_bidir")).unwrap();
+    for (key, value, words) in [
+        (
+            "hidden_size",
+            "1048576",
+            &["weight_ih_l0", "[4194304, 5]"][..],
+        ),
+        (
+            "hidden_size",
+            "1099511627776",
+            &["hidden_size", "overflows"][..],
+        ),
+        (
+            "hidden_size",
+            "4611686018427387904",
+            &["hidden_size", "overflows"][..],
+        ),
+        (
+            "hidden_size",
+            "18446744073709551615",
+            &["hidden_size", "overflows"][..],
+        ),
+        ("num_layers", "1000000000000", &["weight_ih_l2"][..]),
+        ("num_layers", "9223372036854775807", &["overflows"][..]),
+        (
+            "input_size",
+            "1099511627776",
+            &["weight_ih_l0", "1099511627776"][..],
+        ),
+        ("seq_len", "1099511627776", &["input", "1099511627776"][..]),
+        ("batch", "18446744073709551615", &["input"][..]),
+        (
+            "hidden_size",
+            "-4",
+            &["hidden_size", "non-negative integer"][..],
+        ),
+        ("num_layers", "0", &["num_layers"][..]),
+    ] {
+        let path = file(&dir, "f.safetensors", &set_metadata(&original, key, value));
+        assert_error(
+            &format!("{key} = {value}"),
+            Fixture::<f32>::load(&path),
+            words,
+        );
+    }
+}
 
 #[test]
 fn class1_checkpoint_claiming_huge_sizes_is_an_error_naming_the_tensor_or_field() {
@@ -257,6 +307,16 @@ fn class4_non_finite_weights_in_files_are_errors_naming_the_tensor() {
         load_checkpoint::<f32>(&path),
         &["optim.exp_avg_sq.linear.weight", "non-finite"],
     );
+    let bytes = edit_tensors(&std::fs::read(fixture_path("gru_1layer")).unwrap(), |t| {
+        let (_, _, data) = t.get_mut("output").unwrap();
+        data[8..16].copy_from_slice(&f64::NAN.to_le_bytes());
+    });
+    let path = file(&dir, "f.safetensors", &bytes);
+    assert_error(
+        "fixture output",
+        Fixture::<f64>::load(&path),
+        &["`output`", "non-finite"],
+    );
 }
 
 #[test]
@@ -363,6 +423,13 @@ fn class6_lossy_dtype_conversions_are_refused_naming_tensor_and_dtype() {
         RnnParams::<f32>::load_safetensors(&params_config(), &half),
         &["weight_ih_l0", "F16"],
     );
+    // Fixture lengths: negative.
+    let bytes = edit_tensors(&std::fs::read(fixture_path("lstm_varlen")).unwrap(), |t| {
+        let (_, _, data) = t.get_mut("lengths").unwrap();
+        data[..8].copy_from_slice(&(-3i64).to_le_bytes());
+    });
+    let path = file(&dir, "f.safetensors", &bytes);
+    assert_error("negative length", Fixture::<f32>::load(&path), &["-3"]);
 }
 
 #[test]
@@ -407,23 +474,6 @@ fn class6_out_of_range_indices_are_errors() {
     model.config.cell = CellKind::Lstm;
     model.config.hidden = 40;
     assert_error("forget bias", model.set_forget_bias(1.0), &["hidden"]);
-
-    let corpus = CharCorpus::from_text("abcdefghijklmnopqrstuvwxyz", 0.25).unwrap();
-    assert_error(
-        "windows",
-        corpus.random_batch(Split::Train, usize::MAX / 2, 4, 0, 0),
-        &["windows"],
-    );
-    assert_error(
-        "windows",
-        corpus.sequential_batches(Split::HeldOut, 3, usize::MAX),
-        &["windows"],
-    );
-    assert_error(
-        "adding",
-        adding_batch::<f32>(usize::MAX / 4, 4, 0, 0),
-        &["overflow"],
-    );
 }
 
 /// A valid file of each kind still loads (the hostile cases above are not vacuous).
@@ -438,4 +488,5 @@ fn valid_files_load() {
         assert_eq!(model.config, checkpoint_config(tokens));
         assert_eq!(optimizer.step, 11);
     }
+    Fixture::<f32>::load(fixture_path("lstm_varlen")).unwrap();
 }

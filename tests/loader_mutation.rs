@@ -8,8 +8,10 @@
 //! `WGPU_RNN_MUTATION_VERBOSE=1` each case is printed before it runs (to find one that aborts).
 
 mod bad_files;
+mod common;
 
 use bad_files::{checkpoint_bytes, fixture_path, params_bytes, params_config, TempDir};
+use common::fixture::Fixture;
 use rand::rngs::StdRng;
 use rand::{RngExt, SeedableRng};
 use serde_json::Value;
@@ -17,7 +19,6 @@ use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;
 use std::path::Path;
 use std::time::Instant;
-use wgpu_rnn::fixture::Fixture;
 use wgpu_rnn::train::load_checkpoint;
 use wgpu_rnn::{Result, RnnParams};
 
@@ -318,8 +319,7 @@ fn corrupted_parameter_files_and_checkpoints_load_or_fail_cleanly_within_bounded
     }
 }
 
-/// Torch fixtures are read by `wgpu_rnn::fixture`; when that module moves into the application
-/// crate this test goes (src/fixture.rs keeps its own corruption test).
+/// Torch fixtures, read by tests/common/fixture.rs (which the CLI's `verify` includes).
 #[test]
 fn corrupted_fixtures_load_or_fail_cleanly_within_bounded_memory() {
     for (k, name) in ["lstm_varlen", "gru_2layer_bidir", "rnn_relu_2layer_bidir"]
