@@ -34,8 +34,8 @@ pub enum RnnError {
         expected: String,
         got: String,
     },
-    /// A fixture file's metadata is missing or unknown.
-    #[error("fixture metadata: {0}")]
+    /// A fixture's or checkpoint's metadata is missing or invalid.
+    #[error("metadata: {0}")]
     Metadata(String),
     /// A safetensors file could not be parsed or written.
     #[error("{path}: safetensors: {source}")]

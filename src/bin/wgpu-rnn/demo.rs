@@ -1,13 +1,14 @@
 //! The two demonstration runs, [`train_adding`] and [`train_charlm`], on the library's
 //! [`Trainer`], with a progress bar and a [`TrainReport`].
 
+use crate::limits::{check_host_memory, product, sum};
 use crate::report::{LossPoint, TrainReport};
 use crate::sample::{sample_text, SampleOptions};
 use crate::tasks::{adding_batch, CharCorpus, Split};
 use serde_json::json;
 use std::path::PathBuf;
 use std::time::Instant;
-use wgpu_rnn::config::CellKind;
+use wgpu_rnn::config::{CellKind, RnnConfig};
 use wgpu_rnn::error::{Result, RnnError};
 use wgpu_rnn::train::loss::nats_to_bits;
 use wgpu_rnn::train::{
@@ -65,6 +66,37 @@ fn check_positive(values: &[(&str, usize)]) -> Result<()> {
     }
 }
 
+/// The host memory a run of `config` on batches of `batch` × `seq_len` needs, checked before
+/// the model is made: parameters with their gradients and Adam's two moments, and one batch's
+/// activations through every layer and the output (a lower bound), with checked arithmetic.
+fn check_run_memory(config: &SeqModelConfig, seq_len: usize, batch: usize) -> Result<()> {
+    let what = "this run (--hidden, --layers, --seq-len, --batch, the text's vocabulary)";
+    let (mul, add) = (|f: &[usize]| product(f, what), |t: &[usize]| sum(t, what));
+    let (first_input, embedding) = match config.input {
+        ModelInput::Features(width) => (width, 0),
+        ModelInput::Tokens { vocab, dim } => (dim, mul(&[vocab, dim])?),
+    };
+    let rnn = RnnConfig::new(config.cell, first_input, config.hidden).layers(config.layers);
+    let mut params = add(&[embedding, mul(&[config.hidden + 1, config.outputs])?])?;
+    for layer in 0..config.layers {
+        let width = add(&[rnn.layer_input_size(layer), config.hidden, 2])?;
+        params = add(&[params, mul(&[rnn.gate_rows(), width])?])?;
+    }
+    let per_row = add(&[
+        mul(&[
+            config.layers,
+            add(&[rnn.gate_rows(), config.hidden, config.hidden])?,
+        ])?,
+        config.outputs,
+    ])?;
+    let activations = mul(&[seq_len, batch, per_row, 2])?;
+    check_host_memory(
+        add(&[mul(&[params, 4])?, activations])?,
+        what,
+        "lower one of them",
+    )
+}
+
 fn clip_of(clip: Option<f64>) -> Clip {
     clip.map_or(Clip::None, Clip::Norm)
 }
@@ -79,7 +111,16 @@ pub fn train_adding(opts: &AddingOptions) -> Result<TrainReport> {
 /// The untrained adding-problem model of `opts`: the cell → linear(H, 1) on the last step,
 /// seeded init, with the forget-gate bias if one is set.
 pub(crate) fn adding_model(opts: &AddingOptions) -> Result<SeqModel<f32>> {
-    let config = SeqModelConfig {
+    let mut model = SeqModel::<f32>::init(&adding_config(opts), opts.seed)?;
+    if let Some(bias) = opts.forget_bias {
+        model.set_forget_bias(bias)?;
+    }
+    Ok(model)
+}
+
+/// The adding-problem model's configuration.
+fn adding_config(opts: &AddingOptions) -> SeqModelConfig {
+    SeqModelConfig {
         cell: opts.cell,
         input: ModelInput::Features(2),
         hidden: opts.hidden,
@@ -87,12 +128,7 @@ pub(crate) fn adding_model(opts: &AddingOptions) -> Result<SeqModel<f32>> {
         outputs: 1,
         dropout: 0.0,
         readout: Readout::LastStep,
-    };
-    let mut model = SeqModel::<f32>::init(&config, opts.seed)?;
-    if let Some(bias) = opts.forget_bias {
-        model.set_forget_bias(bias)?;
     }
-    Ok(model)
 }
 
 /// A progress bar over training steps with the last held-out loss as its message; drawn only
@@ -114,6 +150,11 @@ pub(crate) fn fit_adding(opts: &AddingOptions) -> Result<(SeqModel<f32>, TrainRe
         ("eval_every", opts.eval_every),
         ("eval_batch", opts.eval_batch),
     ])?;
+    check_run_memory(
+        &adding_config(opts),
+        opts.seq_len,
+        opts.batch.max(opts.eval_batch),
+    )?;
     let model = adding_model(opts)?;
     let adam = OptimizerConfig::Adam(AdamConfig::new(opts.lr));
     // The held-out batch comes from a generator stream training never uses.
@@ -288,6 +329,24 @@ pub fn train_charlm(opts: &CharLmOptions) -> Result<TrainReport> {
         dropout: opts.dropout,
         readout: Readout::EveryStep,
     };
+    // Everything knowable before training is checked before training.
+    check_run_memory(&config, opts.seq_len, opts.batch)?;
+    let chars_per_step = product(&[opts.batch, opts.seq_len], "--batch × --seq-len")?;
+    let eval_batches =
+        corpus.sequential_batches(Split::HeldOut, opts.seq_len, opts.batch.min(8))?;
+    if opts.sample_len > 0 {
+        if let Some(c) = opts
+            .sample_prime
+            .chars()
+            .find(|c| !corpus.vocab.contains(c))
+        {
+            return Err(RnnError::Config(format!(
+                "the sample prime {:?} holds {c:?}, which the text does not contain \
+                 (choose a prime from the text's characters, e.g. --prime {:?})",
+                opts.sample_prime, corpus.vocab[0]
+            )));
+        }
+    }
     let (model, optimizer) = match &opts.resume {
         Some(path) => resume_charlm(path, &config, opts.steps)?,
         None => {
@@ -298,12 +357,10 @@ pub fn train_charlm(opts: &CharLmOptions) -> Result<TrainReport> {
         }
     };
     let first_step = optimizer.step as usize;
-    let eval_batches =
-        corpus.sequential_batches(Split::HeldOut, opts.seq_len, opts.batch.min(8))?;
-    let chars_per_step = opts.batch * opts.seq_len;
     let epoch_steps = corpus.train.len().div_ceil(chars_per_step);
     let eval_every = opts.eval_every.unwrap_or(epoch_steps);
-    let epoch_at = |step: usize| Some((step * chars_per_step) as f64 / corpus.train.len() as f64);
+    let epoch_at =
+        |step: usize| Some(step as f64 * chars_per_step as f64 / corpus.train.len() as f64);
     let mut run = Trainer::new(opts.backend, model, optimizer)?;
     let evaluate = |run: &Trainer| -> Result<f64> {
         let mut total = 0.0;
