@@ -12,8 +12,8 @@ use wgpu_rnn::config::{CellKind, RnnConfig};
 use wgpu_rnn::error::{Result, RnnError};
 use wgpu_rnn::train::loss::nats_to_bits;
 use wgpu_rnn::train::{
-    load_checkpoint, AdamConfig, Backend, Clip, DropoutKey, Inputs, ModelInput, Optimizer,
-    OptimizerConfig, Readout, SeqModel, SeqModelConfig, Targets, Trainer,
+    load_checkpoint, load_run_metadata, AdamConfig, Backend, Clip, DropoutKey, Inputs, ModelInput,
+    Optimizer, OptimizerConfig, Readout, RunMetadata, SeqModel, SeqModelConfig, Targets, Trainer,
 };
 
 /// Settings of [`train_adding`]. The model: the cell → linear(H, 1) on the last step, MSE.
@@ -347,15 +347,19 @@ pub fn train_charlm(opts: &CharLmOptions) -> Result<TrainReport> {
             )));
         }
     }
-    let (model, optimizer) = match &opts.resume {
-        Some(path) => resume_charlm(path, &config, opts.steps)?,
+    let run_metadata = charlm_run_metadata(opts, &corpus.vocab);
+    let (model, optimizer, resume_changes) = match &opts.resume {
+        Some(path) => resume_charlm(path, &config, opts.steps, &run_metadata)?,
         None => {
             let model = SeqModel::<f32>::init(&config, opts.seed)?;
             let adam = OptimizerConfig::Adam(AdamConfig::new(opts.lr));
             let optimizer = Optimizer::new(adam, &model.tensor_lens())?;
-            (model, optimizer)
+            (model, optimizer, Vec::new())
         }
     };
+    for (key, before, now) in &resume_changes {
+        eprintln!("resume: {key} was {before} in the checkpoint, this run uses {now}");
+    }
     let first_step = optimizer.step as usize;
     let epoch_steps = corpus.train.len().div_ceil(chars_per_step);
     let eval_every = opts.eval_every.unwrap_or(epoch_steps);
@@ -411,7 +415,7 @@ pub fn train_charlm(opts: &CharLmOptions) -> Result<TrainReport> {
     }
     bar.finish_and_clear();
     let seconds = start.elapsed().as_secs_f64();
-    let model = run.finish(opts.checkpoint.as_deref())?;
+    let model = run.finish(opts.checkpoint.as_deref().map(|path| (path, &run_metadata)))?;
     let sample = (opts.sample_len > 0)
         .then(|| {
             sample_text(
@@ -446,6 +450,16 @@ pub fn train_charlm(opts: &CharLmOptions) -> Result<TrainReport> {
             ("clip".into(), json!(opts.clip)),
             ("seed".into(), json!(opts.seed)),
             (
+                "resume_changes".into(),
+                resume_changes
+                    .iter()
+                    .map(|(key, before, now)| {
+                        (key.clone(), json!({"checkpoint": before, "now": now}))
+                    })
+                    .collect::<serde_json::Map<_, _>>()
+                    .into(),
+            ),
+            (
                 "resumed_at_step".into(),
                 json!(opts.resume.is_some().then_some(first_step)),
             ),
@@ -462,14 +476,51 @@ pub fn train_charlm(opts: &CharLmOptions) -> Result<TrainReport> {
     })
 }
 
+/// The settings a character-LM checkpoint stores for its resumption, JSON-encoded: the
+/// vocabulary itself and what draws the batches and steps the optimizer.
+fn charlm_run_metadata(opts: &CharLmOptions, vocab: &[char]) -> RunMetadata {
+    let vocab: String = vocab.iter().collect();
+    [
+        ("vocab", json!(vocab)),
+        ("lr", json!(opts.lr)),
+        ("clip", json!(opts.clip)),
+        ("batch", json!(opts.batch)),
+        ("seq_len", json!(opts.seq_len)),
+        ("seed", json!(opts.seed)),
+        ("held_out_fraction", json!(opts.held_out_fraction)),
+    ]
+    .into_iter()
+    .map(|(key, value)| (key.to_string(), value.to_string()))
+    .collect()
+}
+
+/// A setting that differs between a checkpoint and the run resuming it: (name, the
+/// checkpoint's value, this run's value). The run's value is used.
+type Change = (String, String, String);
+
 /// The model and optimizer of a character-LM checkpoint, checked against the run's model
-/// `config` and step count.
+/// `config`, step count and vocabulary (in `run`, from [`charlm_run_metadata`]); the settings
+/// that differ are returned, and this run's learning rate is applied to the optimizer.
 fn resume_charlm(
     path: &std::path::Path,
     config: &SeqModelConfig,
     steps: usize,
-) -> Result<(SeqModel<f32>, Optimizer<f32>)> {
-    let (model, optimizer) = load_checkpoint::<f32>(path)?;
+    run: &RunMetadata,
+) -> Result<(SeqModel<f32>, Optimizer<f32>, Vec<Change>)> {
+    let in_checkpoint =
+        |e: RnnError| RnnError::Config(format!("resume checkpoint {}: {e}", path.display()));
+    let (model, mut optimizer) = load_checkpoint::<f32>(path).map_err(in_checkpoint)?;
+    let stored = load_run_metadata(path).map_err(in_checkpoint)?;
+    if let Some(vocab) = stored.get("vocab") {
+        if Some(vocab) != run.get("vocab") {
+            return Err(RnnError::Config(format!(
+                "checkpoint {} was trained on a text with the vocabulary {vocab}; this text's \
+                 vocabulary is {} (resume on the same text)",
+                path.display(),
+                run.get("vocab").map_or("", String::as_str)
+            )));
+        }
+    }
     if model.config != *config {
         return Err(RnnError::Config(format!(
             "checkpoint {} holds a model {:?}, these options make {:?} (same text, cell, \
@@ -486,5 +537,26 @@ fn resume_charlm(
             optimizer.step
         )));
     }
-    Ok((model, optimizer))
+    let mut changes: Vec<Change> = run
+        .iter()
+        .filter_map(|(key, now)| {
+            let before = stored.get(key)?;
+            (before != now).then(|| (key.clone(), before.clone(), now.clone()))
+        })
+        .collect();
+    if let OptimizerConfig::Adam(adam) = &mut optimizer.config {
+        let lr: f64 = run
+            .get("lr")
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(adam.lr);
+        if lr != adam.lr && !changes.iter().any(|(key, ..)| key == "lr") {
+            changes.push((
+                "lr".into(),
+                json!(adam.lr).to_string(),
+                json!(lr).to_string(),
+            ));
+        }
+        adam.lr = lr;
+    }
+    Ok((model, optimizer, changes))
 }

@@ -245,3 +245,60 @@ fn small_runs_give_results() {
         Expect::Succeeds(&["gru B=1 T=2 I=3 H=3"]),
     );
 }
+
+#[test]
+fn resume_honours_and_reports_changes_and_refuses_another_text() {
+    let dir = scratch();
+    let checkpoint = dir.join("lm.safetensors");
+    let checkpoint = checkpoint.to_str().unwrap();
+    let small = [
+        "train",
+        "charlm",
+        "--hidden",
+        "4",
+        "--layers",
+        "1",
+        "--batch",
+        "2",
+        "--seq-len",
+        "8",
+    ];
+    let args = |extra: &[&'static str]| {
+        let mut args: Vec<&str> = small.to_vec();
+        args.extend_from_slice(extra);
+        args
+    };
+    check(
+        &[args(&["--steps", "2", "--checkpoint"]), vec![checkpoint]].concat(),
+        Expect::Succeeds(&["final_bpc"]),
+    );
+    let json = dir.join("resumed.json");
+    let json = json.to_str().unwrap();
+    check(
+        &[
+            args(&["--steps", "4", "--lr", "0.5", "--seed", "7", "--resume"]),
+            vec![checkpoint, "--json", json],
+        ]
+        .concat(),
+        Expect::Succeeds(&[
+            "resume: lr was 0.003",
+            "this run uses 0.5",
+            "resume: seed was 0",
+        ]),
+    );
+    let report = std::fs::read_to_string(json).unwrap();
+    assert!(report.contains("\"resume_changes\""), "{report}");
+    let lower = write(
+        &dir,
+        "other.txt",
+        "another text, all lower case. ".repeat(900).as_bytes(),
+    );
+    check(
+        &[
+            args(&["--steps", "4", "--text"]),
+            vec![&lower, "--prime", "a", "--resume", checkpoint],
+        ]
+        .concat(),
+        Expect::Fails(2, &[checkpoint, "vocabulary"]),
+    );
+}
