@@ -207,6 +207,8 @@ fn run(cli: Cli) -> Result<ExitCode> {
             json,
             plot,
         } => {
+            check_destination(json.as_deref(), "--json", &[])?;
+            check_destination(plot.as_deref(), "--plot", &[])?;
             let forget_bias = match forget_bias.as_str() {
                 "none" => None,
                 value => Some(
@@ -258,6 +260,8 @@ fn run(cli: Cli) -> Result<ExitCode> {
             plot,
             half_weights,
         } => {
+            check_destination(json.as_deref(), "--json", &[])?;
+            check_destination(plot.as_deref(), "--plot", &[])?;
             let (backend, ctx) = match backend {
                 BackendArg::Cpu => (bench::Backend::Cpu, None),
                 BackendArg::Gpu => (bench::Backend::Gpu, Some(Arc::new(GpuContext::new()?))),
@@ -336,10 +340,43 @@ fn run(cli: Cli) -> Result<ExitCode> {
     }
 }
 
+/// An output file `option` names can be written where it points: its folder exists and it is
+/// not a folder itself, nor one of the run's `inputs`. Checked before the run, not after it.
+fn check_destination(
+    path: Option<&std::path::Path>,
+    option: &str,
+    inputs: &[Option<&std::path::Path>],
+) -> Result<()> {
+    let Some(path) = path else { return Ok(()) };
+    let problem = if path.is_dir() {
+        Some("is a folder")
+    } else if inputs.iter().flatten().any(|input| {
+        input == &path
+            || (path.exists()
+                && std::fs::canonicalize(input).ok() == std::fs::canonicalize(path).ok())
+    }) {
+        Some("is one of the run's inputs")
+    } else {
+        let parent = path.parent().filter(|p| !p.as_os_str().is_empty());
+        parent
+            .is_some_and(|p| !p.is_dir())
+            .then_some("is in a folder that does not exist")
+    };
+    match problem {
+        Some(problem) => Err(wgpu_rnn::RnnError::Config(format!(
+            "{option} {} {problem}",
+            path.display()
+        ))),
+        None => Ok(()),
+    }
+}
+
 /// Runs a training task and prints its loss history.
 fn train(task: TrainTask) -> Result<ExitCode> {
     let (args, report) = match task {
         TrainTask::Adding { args } => {
+            check_destination(args.json.as_deref(), "--json", &[])?;
+            check_destination(args.plot.as_deref(), "--plot", &[])?;
             let defaults = AddingOptions::default();
             let opts = AddingOptions {
                 cell: CellKind::parse(&args.cell)?,
@@ -365,6 +402,11 @@ fn train(task: TrainTask) -> Result<ExitCode> {
             resume,
             prime,
         } => {
+            let inputs = [text.as_deref(), resume.as_deref()];
+            check_destination(args.json.as_deref(), "--json", &inputs)?;
+            check_destination(args.plot.as_deref(), "--plot", &inputs)?;
+            // Resuming from and saving to the same checkpoint is the usual way on.
+            check_destination(checkpoint.as_deref(), "--checkpoint", &inputs[..1])?;
             let defaults = CharLmOptions::default();
             let opts = CharLmOptions {
                 text,

@@ -302,3 +302,55 @@ fn resume_honours_and_reports_changes_and_refuses_another_text() {
         Expect::Fails(2, &[checkpoint, "vocabulary"]),
     );
 }
+
+#[test]
+fn outputs_that_cannot_be_written_are_refused_before_the_run() {
+    use Expect::Fails;
+    let dir = scratch();
+    let folder = dir.to_str().unwrap();
+    let nowhere = dir.join("no/such/folder/out.json");
+    let nowhere = nowhere.to_str().unwrap();
+    let text = write(
+        &dir,
+        "input.txt",
+        "Some text to train on. ".repeat(400).as_bytes(),
+    );
+    check(
+        &["train", "adding", "--steps", "100000", "--json", folder],
+        Fails(2, &["--json", "is a folder"]),
+    );
+    check(
+        &["gradflow", "--plot", nowhere],
+        Fails(2, &["--plot", "does not exist"]),
+    );
+    check(
+        &["bench", "--json", nowhere],
+        Fails(2, &["--json", "does not exist"]),
+    );
+    check(
+        &["train", "charlm", "--text", &text, "--checkpoint", &text],
+        Fails(2, &["--checkpoint", "one of the run's inputs"]),
+    );
+    assert!(std::fs::read_to_string(&text)
+        .unwrap()
+        .starts_with("Some text"));
+    check(
+        &[
+            "train",
+            "charlm",
+            "--steps",
+            "100000",
+            "--checkpoint",
+            nowhere,
+        ],
+        Fails(2, &["--checkpoint", "does not exist"]),
+    );
+}
+
+#[test]
+fn gradflow_sizes_are_checked_before_allocation() {
+    check(
+        &["gradflow", "--seq-len", "100000000", "--hidden", "100000"],
+        Expect::Fails(2, &["gradflow", "host memory"]),
+    );
+}
