@@ -3,8 +3,9 @@
 //! Tensors: the model's torch names ([`SeqModel::named`]) and the optimizer state as
 //! `optim.<buffer>.<name>` (`optim.exp_avg.weight_ih_l0`, `optim.exp_avg_sq.…`,
 //! `optim.momentum_buffer.…`). Metadata (JSON values): `step`, `model` (the
-//! [`SeqModelConfig`]) and `optimizer` (the [`OptimizerConfig`]). Loading restores both exactly,
-//! so training resumes as if it had not stopped.
+//! [`SeqModelConfig`]) and `optimizer` (the [`OptimizerConfig`]); the settings of the run that
+//! wrote it ([`RunMetadata`]) as `run.<key>`. Loading restores model and optimizer exactly, so
+//! training resumes as if it had not stopped.
 
 use super::layers::Readout;
 use super::model::{ModelInput, SeqModel, SeqModelConfig};
@@ -15,14 +16,33 @@ use crate::scalar::Scalar;
 use crate::tensorfile;
 use ndarray::{ArrayD, IxDyn};
 use serde_json::{json, Value};
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
+
+/// The settings of the run that wrote a checkpoint (its data's vocabulary, batch size, seed,
+/// ...), as the application names and encodes them: what a resumed run needs to check or
+/// continue. Stored as metadata `run.<key>`.
+pub type RunMetadata = BTreeMap<String, String>;
+
+/// The prefix of [`RunMetadata`] keys in a checkpoint's metadata.
+const RUN_PREFIX: &str = "run.";
 
 /// Writes `model` and `optimizer` to `path` (in `F`'s dtype).
 pub fn save_checkpoint<F: Scalar>(
     path: impl AsRef<Path>,
     model: &SeqModel<F>,
     optimizer: &Optimizer<F>,
+) -> Result<()> {
+    save_checkpoint_with_run(path, model, optimizer, &RunMetadata::new())
+}
+
+/// [`save_checkpoint`] with the settings of the run that wrote it ([`load_run_metadata`]
+/// reads them back).
+pub fn save_checkpoint_with_run<F: Scalar>(
+    path: impl AsRef<Path>,
+    model: &SeqModel<F>,
+    optimizer: &Optimizer<F>,
+    run: &RunMetadata,
 ) -> Result<()> {
     model.validate()?;
     optimizer.check_lens(&model.tensor_lens())?;
@@ -39,7 +59,7 @@ pub fn save_checkpoint<F: Scalar>(
             tensors.push((format!("optim.{buffer}.{name}"), array));
         }
     }
-    let metadata = HashMap::from([
+    let mut metadata = HashMap::from([
         ("step".to_string(), optimizer.step.to_string()),
         (
             "model".to_string(),
@@ -50,7 +70,23 @@ pub fn save_checkpoint<F: Scalar>(
             optimizer_json(&optimizer.config).to_string(),
         ),
     ]);
+    metadata.extend(
+        run.iter()
+            .map(|(k, v)| (format!("{RUN_PREFIX}{k}"), v.clone())),
+    );
     tensorfile::write_arrays(path.as_ref(), &tensors, Some(metadata))
+}
+
+/// The [`RunMetadata`] of a checkpoint (empty when it was saved without), read from the file's
+/// header only.
+pub fn load_run_metadata(path: impl AsRef<Path>) -> Result<RunMetadata> {
+    let path = path.as_ref();
+    let bytes = tensorfile::read_bytes(path)?;
+    let metadata = tensorfile::metadata(path, &bytes)?;
+    Ok(metadata
+        .into_iter()
+        .filter_map(|(k, v)| Some((k.strip_prefix(RUN_PREFIX)?.to_string(), v)))
+        .collect())
 }
 
 /// Reads a checkpoint written by [`save_checkpoint`].

@@ -15,7 +15,9 @@ pub mod model;
 pub mod optim;
 pub mod trainer;
 
-pub use checkpoint::{load_checkpoint, save_checkpoint};
+pub use checkpoint::{
+    load_checkpoint, load_run_metadata, save_checkpoint, save_checkpoint_with_run, RunMetadata,
+};
 pub use clip::{clip_grad_norm, clip_grad_value, global_norm};
 pub use dropout::{dropout_hash, Dropout};
 pub use gpu_step::GpuTrainer;

@@ -1,7 +1,7 @@
 //! One training orchestration over two backends: [`Trainer`] runs the steps of a model and its
 //! optimizer on the CPU reference ([`train_step`]) or GPU-resident ([`GpuTrainer`]).
 
-use super::checkpoint::save_checkpoint;
+use super::checkpoint::{save_checkpoint_with_run, RunMetadata};
 use super::clip::{clip_grad_norm, clip_grad_value};
 use super::gpu_step::GpuTrainer;
 use super::model::{DropoutKey, Inputs, SeqModel, Targets};
@@ -166,22 +166,22 @@ impl Trainer {
         }
     }
 
-    /// The trained model (read back from the GPU), saved with the optimizer state to
-    /// `checkpoint` when given: only then does the state leave the GPU.
-    pub fn finish(self, checkpoint: Option<&Path>) -> Result<SeqModel<f32>> {
+    /// The trained model (read back from the GPU), saved with the optimizer state and the
+    /// run's settings to `checkpoint` when given: only then does the state leave the GPU.
+    pub fn finish(self, checkpoint: Option<(&Path, &RunMetadata)>) -> Result<SeqModel<f32>> {
         match self.0 {
             Run::Cpu {
                 model, optimizer, ..
             } => {
-                if let Some(path) = checkpoint {
-                    save_checkpoint(path, &model, &optimizer)?;
+                if let Some((path, run)) = checkpoint {
+                    save_checkpoint_with_run(path, &model, &optimizer, run)?;
                 }
                 Ok(*model)
             }
             Run::Gpu(mut trainer) => {
                 let model = trainer.model()?;
-                if let Some(path) = checkpoint {
-                    save_checkpoint(path, &model, &trainer.optimizer()?)?;
+                if let Some((path, run)) = checkpoint {
+                    save_checkpoint_with_run(path, &model, &trainer.optimizer()?, run)?;
                 }
                 Ok(model)
             }

@@ -10,6 +10,7 @@
 //! queries, the GPU time of its compute passes ([`GpuContext::start_pass_timing`]).
 
 use crate::fixture::relative_error;
+use crate::limits::{check_host_memory, product, sum};
 use indicatif::{ProgressBar, ProgressStyle};
 use ndarray::Array3;
 use rand::{RngExt, SeedableRng};
@@ -120,15 +121,50 @@ impl BenchCase {
         label + " " + self.mode.name()
     }
 
-    fn check(&self) -> Result<()> {
-        self.config().validate()?;
+    /// The case's sizes are valid, their products do not overflow, the weights fit the
+    /// adapter's storage-binding limit (when the GPU runs) and the host arrays fit the host's
+    /// available memory: checked before anything is allocated.
+    fn check(&self, gpu: Option<&GpuContext>) -> Result<()> {
+        let config = self.config();
+        config.validate()?;
         if self.batch == 0 || self.seq == 0 {
             return Err(RnnError::Config(format!(
                 "bench case `{}`: batch and seq must be at least 1",
                 self.label()
             )));
         }
-        Ok(())
+        let what = format!("bench case `{}`", self.label());
+        let mul = |factors: &[usize]| product(factors, &what);
+        let add = |terms: &[usize]| sum(terms, &what);
+        let (t, b, h) = (self.seq, self.batch, self.hidden);
+        let (gates, planes) = (config.gate_rows(), self.layers * config.num_directions());
+        let widest_input = (0..self.layers)
+            .map(|layer| config.layer_input_size(layer))
+            .max()
+            .unwrap_or(self.input);
+        let w_ih = mul(&[gates, widest_input])?;
+        let w_hh = mul(&[gates, h])?;
+        if let Some(ctx) = gpu {
+            let limit = ctx.limits().max_storage_buffer_binding_size as usize;
+            let bytes = mul(&[w_ih.max(w_hh), 4])?;
+            if bytes > limit {
+                return Err(RnnError::TooLarge(format!(
+                    "{what}: a weight matrix takes {bytes} bytes, above this adapter's storage \
+                     binding limit of {limit} bytes (--hidden / --input)"
+                )));
+            }
+        }
+        // Host f32 elements: parameters and their gradients, the input sets, and per run the
+        // output and saved activations of every layer and direction (a lower bound).
+        let params = mul(&[planes, add(&[w_ih, w_hh])?, 2])?;
+        let per_set = mul(&[t, b, self.input.max(config.output_size()), 2])?;
+        let per_run = mul(&[t, b, planes, add(&[gates, h])?, 2])?;
+        let elements = add(&[params, mul(&[per_set, INPUT_SETS])?, per_run])?;
+        check_host_memory(
+            elements,
+            &what,
+            "--hidden / --input / --seq / --batch / --layers",
+        )
     }
 }
 
@@ -495,7 +531,7 @@ pub fn run_sweep(
         (false, _) => None,
     };
     for case in cases {
-        case.check()?;
+        case.check(gpu.as_deref())?;
     }
     let bar = progress_bar(cases.len(), opts.progress);
     let mut results = Vec::with_capacity(cases.len());

@@ -1,18 +1,19 @@
 //! The two demonstration runs, [`train_adding`] and [`train_charlm`], on the library's
 //! [`Trainer`], with a progress bar and a [`TrainReport`].
 
+use crate::limits::{check_host_memory, product, sum};
 use crate::report::{LossPoint, TrainReport};
 use crate::sample::{sample_text, SampleOptions};
 use crate::tasks::{adding_batch, CharCorpus, Split};
 use serde_json::json;
 use std::path::PathBuf;
 use std::time::Instant;
-use wgpu_rnn::config::CellKind;
+use wgpu_rnn::config::{CellKind, RnnConfig};
 use wgpu_rnn::error::{Result, RnnError};
 use wgpu_rnn::train::loss::nats_to_bits;
 use wgpu_rnn::train::{
-    load_checkpoint, AdamConfig, Backend, Clip, DropoutKey, Inputs, ModelInput, Optimizer,
-    OptimizerConfig, Readout, SeqModel, SeqModelConfig, Targets, Trainer,
+    load_checkpoint, load_run_metadata, AdamConfig, Backend, Clip, DropoutKey, Inputs, ModelInput,
+    Optimizer, OptimizerConfig, Readout, RunMetadata, SeqModel, SeqModelConfig, Targets, Trainer,
 };
 
 /// Settings of [`train_adding`]. The model: the cell → linear(H, 1) on the last step, MSE.
@@ -65,6 +66,37 @@ fn check_positive(values: &[(&str, usize)]) -> Result<()> {
     }
 }
 
+/// The host memory a run of `config` on batches of `batch` × `seq_len` needs, checked before
+/// the model is made: parameters with their gradients and Adam's two moments, and one batch's
+/// activations through every layer and the output (a lower bound), with checked arithmetic.
+fn check_run_memory(config: &SeqModelConfig, seq_len: usize, batch: usize) -> Result<()> {
+    let what = "this run (--hidden, --layers, --seq-len, --batch, the text's vocabulary)";
+    let (mul, add) = (|f: &[usize]| product(f, what), |t: &[usize]| sum(t, what));
+    let (first_input, embedding) = match config.input {
+        ModelInput::Features(width) => (width, 0),
+        ModelInput::Tokens { vocab, dim } => (dim, mul(&[vocab, dim])?),
+    };
+    let rnn = RnnConfig::new(config.cell, first_input, config.hidden).layers(config.layers);
+    let mut params = add(&[embedding, mul(&[config.hidden + 1, config.outputs])?])?;
+    for layer in 0..config.layers {
+        let width = add(&[rnn.layer_input_size(layer), config.hidden, 2])?;
+        params = add(&[params, mul(&[rnn.gate_rows(), width])?])?;
+    }
+    let per_row = add(&[
+        mul(&[
+            config.layers,
+            add(&[rnn.gate_rows(), config.hidden, config.hidden])?,
+        ])?,
+        config.outputs,
+    ])?;
+    let activations = mul(&[seq_len, batch, per_row, 2])?;
+    check_host_memory(
+        add(&[mul(&[params, 4])?, activations])?,
+        what,
+        "lower one of them",
+    )
+}
+
 fn clip_of(clip: Option<f64>) -> Clip {
     clip.map_or(Clip::None, Clip::Norm)
 }
@@ -79,7 +111,16 @@ pub fn train_adding(opts: &AddingOptions) -> Result<TrainReport> {
 /// The untrained adding-problem model of `opts`: the cell → linear(H, 1) on the last step,
 /// seeded init, with the forget-gate bias if one is set.
 pub(crate) fn adding_model(opts: &AddingOptions) -> Result<SeqModel<f32>> {
-    let config = SeqModelConfig {
+    let mut model = SeqModel::<f32>::init(&adding_config(opts), opts.seed)?;
+    if let Some(bias) = opts.forget_bias {
+        model.set_forget_bias(bias)?;
+    }
+    Ok(model)
+}
+
+/// The adding-problem model's configuration.
+fn adding_config(opts: &AddingOptions) -> SeqModelConfig {
+    SeqModelConfig {
         cell: opts.cell,
         input: ModelInput::Features(2),
         hidden: opts.hidden,
@@ -87,12 +128,7 @@ pub(crate) fn adding_model(opts: &AddingOptions) -> Result<SeqModel<f32>> {
         outputs: 1,
         dropout: 0.0,
         readout: Readout::LastStep,
-    };
-    let mut model = SeqModel::<f32>::init(&config, opts.seed)?;
-    if let Some(bias) = opts.forget_bias {
-        model.set_forget_bias(bias)?;
     }
-    Ok(model)
 }
 
 /// A progress bar over training steps with the last held-out loss as its message; drawn only
@@ -114,6 +150,11 @@ pub(crate) fn fit_adding(opts: &AddingOptions) -> Result<(SeqModel<f32>, TrainRe
         ("eval_every", opts.eval_every),
         ("eval_batch", opts.eval_batch),
     ])?;
+    check_run_memory(
+        &adding_config(opts),
+        opts.seq_len,
+        opts.batch.max(opts.eval_batch),
+    )?;
     let model = adding_model(opts)?;
     let adam = OptimizerConfig::Adam(AdamConfig::new(opts.lr));
     // The held-out batch comes from a generator stream training never uses.
@@ -288,22 +329,42 @@ pub fn train_charlm(opts: &CharLmOptions) -> Result<TrainReport> {
         dropout: opts.dropout,
         readout: Readout::EveryStep,
     };
-    let (model, optimizer) = match &opts.resume {
-        Some(path) => resume_charlm(path, &config, opts.steps)?,
+    // Everything knowable before training is checked before training.
+    check_run_memory(&config, opts.seq_len, opts.batch)?;
+    let chars_per_step = product(&[opts.batch, opts.seq_len], "--batch × --seq-len")?;
+    let eval_batches =
+        corpus.sequential_batches(Split::HeldOut, opts.seq_len, opts.batch.min(8))?;
+    if opts.sample_len > 0 {
+        if let Some(c) = opts
+            .sample_prime
+            .chars()
+            .find(|c| !corpus.vocab.contains(c))
+        {
+            return Err(RnnError::Config(format!(
+                "the sample prime {:?} holds {c:?}, which the text does not contain \
+                 (choose a prime from the text's characters, e.g. --prime {:?})",
+                opts.sample_prime, corpus.vocab[0]
+            )));
+        }
+    }
+    let run_metadata = charlm_run_metadata(opts, &corpus.vocab);
+    let (model, optimizer, resume_changes) = match &opts.resume {
+        Some(path) => resume_charlm(path, &config, opts.steps, &run_metadata)?,
         None => {
             let model = SeqModel::<f32>::init(&config, opts.seed)?;
             let adam = OptimizerConfig::Adam(AdamConfig::new(opts.lr));
             let optimizer = Optimizer::new(adam, &model.tensor_lens())?;
-            (model, optimizer)
+            (model, optimizer, Vec::new())
         }
     };
+    for (key, before, now) in &resume_changes {
+        eprintln!("resume: {key} was {before} in the checkpoint, this run uses {now}");
+    }
     let first_step = optimizer.step as usize;
-    let eval_batches =
-        corpus.sequential_batches(Split::HeldOut, opts.seq_len, opts.batch.min(8))?;
-    let chars_per_step = opts.batch * opts.seq_len;
     let epoch_steps = corpus.train.len().div_ceil(chars_per_step);
     let eval_every = opts.eval_every.unwrap_or(epoch_steps);
-    let epoch_at = |step: usize| Some((step * chars_per_step) as f64 / corpus.train.len() as f64);
+    let epoch_at =
+        |step: usize| Some(step as f64 * chars_per_step as f64 / corpus.train.len() as f64);
     let mut run = Trainer::new(opts.backend, model, optimizer)?;
     let evaluate = |run: &Trainer| -> Result<f64> {
         let mut total = 0.0;
@@ -354,7 +415,7 @@ pub fn train_charlm(opts: &CharLmOptions) -> Result<TrainReport> {
     }
     bar.finish_and_clear();
     let seconds = start.elapsed().as_secs_f64();
-    let model = run.finish(opts.checkpoint.as_deref())?;
+    let model = run.finish(opts.checkpoint.as_deref().map(|path| (path, &run_metadata)))?;
     let sample = (opts.sample_len > 0)
         .then(|| {
             sample_text(
@@ -389,6 +450,16 @@ pub fn train_charlm(opts: &CharLmOptions) -> Result<TrainReport> {
             ("clip".into(), json!(opts.clip)),
             ("seed".into(), json!(opts.seed)),
             (
+                "resume_changes".into(),
+                resume_changes
+                    .iter()
+                    .map(|(key, before, now)| {
+                        (key.clone(), json!({"checkpoint": before, "now": now}))
+                    })
+                    .collect::<serde_json::Map<_, _>>()
+                    .into(),
+            ),
+            (
                 "resumed_at_step".into(),
                 json!(opts.resume.is_some().then_some(first_step)),
             ),
@@ -405,14 +476,51 @@ pub fn train_charlm(opts: &CharLmOptions) -> Result<TrainReport> {
     })
 }
 
+/// The settings a character-LM checkpoint stores for its resumption, JSON-encoded: the
+/// vocabulary itself and what draws the batches and steps the optimizer.
+fn charlm_run_metadata(opts: &CharLmOptions, vocab: &[char]) -> RunMetadata {
+    let vocab: String = vocab.iter().collect();
+    [
+        ("vocab", json!(vocab)),
+        ("lr", json!(opts.lr)),
+        ("clip", json!(opts.clip)),
+        ("batch", json!(opts.batch)),
+        ("seq_len", json!(opts.seq_len)),
+        ("seed", json!(opts.seed)),
+        ("held_out_fraction", json!(opts.held_out_fraction)),
+    ]
+    .into_iter()
+    .map(|(key, value)| (key.to_string(), value.to_string()))
+    .collect()
+}
+
+/// A setting that differs between a checkpoint and the run resuming it: (name, the
+/// checkpoint's value, this run's value). The run's value is used.
+type Change = (String, String, String);
+
 /// The model and optimizer of a character-LM checkpoint, checked against the run's model
-/// `config` and step count.
+/// `config`, step count and vocabulary (in `run`, from [`charlm_run_metadata`]); the settings
+/// that differ are returned, and this run's learning rate is applied to the optimizer.
 fn resume_charlm(
     path: &std::path::Path,
     config: &SeqModelConfig,
     steps: usize,
-) -> Result<(SeqModel<f32>, Optimizer<f32>)> {
-    let (model, optimizer) = load_checkpoint::<f32>(path)?;
+    run: &RunMetadata,
+) -> Result<(SeqModel<f32>, Optimizer<f32>, Vec<Change>)> {
+    let in_checkpoint =
+        |e: RnnError| RnnError::Config(format!("resume checkpoint {}: {e}", path.display()));
+    let (model, mut optimizer) = load_checkpoint::<f32>(path).map_err(in_checkpoint)?;
+    let stored = load_run_metadata(path).map_err(in_checkpoint)?;
+    if let Some(vocab) = stored.get("vocab") {
+        if Some(vocab) != run.get("vocab") {
+            return Err(RnnError::Config(format!(
+                "checkpoint {} was trained on a text with the vocabulary {vocab}; this text's \
+                 vocabulary is {} (resume on the same text)",
+                path.display(),
+                run.get("vocab").map_or("", String::as_str)
+            )));
+        }
+    }
     if model.config != *config {
         return Err(RnnError::Config(format!(
             "checkpoint {} holds a model {:?}, these options make {:?} (same text, cell, \
@@ -429,5 +537,26 @@ fn resume_charlm(
             optimizer.step
         )));
     }
-    Ok((model, optimizer))
+    let mut changes: Vec<Change> = run
+        .iter()
+        .filter_map(|(key, now)| {
+            let before = stored.get(key)?;
+            (before != now).then(|| (key.clone(), before.clone(), now.clone()))
+        })
+        .collect();
+    if let OptimizerConfig::Adam(adam) = &mut optimizer.config {
+        let lr: f64 = run
+            .get("lr")
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(adam.lr);
+        if lr != adam.lr && !changes.iter().any(|(key, ..)| key == "lr") {
+            changes.push((
+                "lr".into(),
+                json!(adam.lr).to_string(),
+                json!(lr).to_string(),
+            ));
+        }
+        adam.lr = lr;
+    }
+    Ok((model, optimizer, changes))
 }

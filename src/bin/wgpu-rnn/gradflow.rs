@@ -9,6 +9,7 @@
 //! and that path vanishes too, hence [`GradFlowWeights::forget_bias`].
 
 use crate::demo::{adding_model, cell_name, fit_adding, AddingOptions};
+use crate::limits::{check_host_memory, product, sum};
 use crate::report::{plot_lines, write_json};
 use crate::tasks::adding_batch;
 use ndarray::{s, Array2, Array3, Axis};
@@ -160,6 +161,25 @@ pub fn gradflow_with(opts: &GradFlowOptions, weights: &GradFlowWeights) -> Resul
             opts.seq_len, opts.hidden, opts.batch
         )));
     }
+    // f64 host arrays of the widest cell (LSTM: 4 gates): weights, and per step and row the
+    // gates, states and their gradients (a lower bound), checked before they are allocated.
+    let what = "gradflow (--seq-len, --hidden, --batch)";
+    let gates = product(&[4, opts.hidden], what)?;
+    let weights_len = product(&[gates, sum(&[opts.hidden, 4], what)?, 2], what)?;
+    let per_step = product(
+        &[
+            opts.seq_len,
+            opts.batch,
+            sum(&[gates, opts.hidden], what)?,
+            2,
+        ],
+        what,
+    )?;
+    check_host_memory(
+        product(&[sum(&[weights_len, per_step], what)?, 2], what)?,
+        what,
+        "lower one of them",
+    )?;
     let (x, y) = adding_batch::<f64>(opts.seq_len, opts.batch, opts.seed, 0)?;
     let cells = [
         CellKind::Rnn(Nonlinearity::Tanh),

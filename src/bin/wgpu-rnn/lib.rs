@@ -8,6 +8,7 @@ pub mod demo;
 #[path = "../../../tests/common/fixture.rs"]
 pub mod fixture;
 pub mod gradflow;
+pub mod limits;
 pub mod report;
 pub mod sample;
 pub mod tasks;

@@ -8,7 +8,7 @@ use wgpu_rnn::gpu::{enumerate_adapters, GpuContext, GpuOptions, GpuRnn};
 use wgpu_rnn::train::Backend;
 use wgpu_rnn::{cpu, CellKind, Result};
 use wgpu_rnn_cli::bench::{self, BenchCase, BenchOptions, Mode};
-use wgpu_rnn_cli::fixture::{check_fixture, Fixture};
+use wgpu_rnn_cli::fixture::{check_fixture, Fixture, TensorCheck};
 use wgpu_rnn_cli::{
     gradflow_with, train_adding, train_charlm, AddingOptions, CharLmOptions, GradFlowOptions,
     GradFlowWeights,
@@ -48,22 +48,22 @@ enum Command {
         /// rnn, rnn_relu, rnn_identity, lstm or gru; omit all sizes for the default sweep.
         #[arg(long)]
         cell: Option<String>,
-        #[arg(long)]
+        #[arg(long, allow_hyphen_values = true, value_parser = size)]
         batch: Option<usize>,
-        #[arg(long)]
+        #[arg(long, allow_hyphen_values = true, value_parser = size)]
         seq: Option<usize>,
-        #[arg(long)]
+        #[arg(long, allow_hyphen_values = true, value_parser = size)]
         input: Option<usize>,
-        #[arg(long)]
+        #[arg(long, allow_hyphen_values = true, value_parser = size)]
         hidden: Option<usize>,
-        #[arg(long, default_value_t = 1)]
+        #[arg(long, default_value_t = 1, allow_hyphen_values = true, value_parser = size)]
         layers: usize,
         #[arg(long)]
         bidirectional: bool,
         /// Time forward only, or forward and backward (default: both modes).
         #[arg(long)]
         mode: Option<String>,
-        #[arg(long, default_value_t = 10)]
+        #[arg(long, default_value_t = 10, allow_hyphen_values = true, value_parser = size)]
         reps: usize,
         #[arg(long, default_value_t = 3)]
         warmup: usize,
@@ -87,16 +87,16 @@ enum Command {
     },
     /// Plot ‖∂L/∂h_t‖ against t for RNN, LSTM and GRU: the vanishing gradient, measured.
     Gradflow {
-        #[arg(long, default_value_t = 100)]
+        #[arg(long, default_value_t = 100, allow_hyphen_values = true, value_parser = size)]
         seq_len: usize,
-        #[arg(long, default_value_t = 32)]
+        #[arg(long, default_value_t = 32, allow_hyphen_values = true, value_parser = size)]
         hidden: usize,
-        #[arg(long, default_value_t = 16)]
+        #[arg(long, default_value_t = 16, allow_hyphen_values = true, value_parser = size)]
         batch: usize,
         #[arg(long, default_value_t = 0)]
         seed: u64,
         /// The LSTM's initial forget-gate bias; `none` keeps torch's init.
-        #[arg(long, default_value = "1")]
+        #[arg(long, default_value = "1", allow_hyphen_values = true)]
         forget_bias: String,
         /// Adding-problem training steps before measuring (0: at init).
         #[arg(long, default_value_t = 0)]
@@ -114,19 +114,19 @@ struct TrainArgs {
     /// rnn, rnn_relu, rnn_identity, lstm or gru.
     #[arg(long, default_value = "lstm")]
     cell: String,
-    #[arg(long)]
+    #[arg(long, allow_hyphen_values = true, value_parser = size)]
     seq_len: Option<usize>,
-    #[arg(long)]
+    #[arg(long, allow_hyphen_values = true, value_parser = size)]
     hidden: Option<usize>,
-    #[arg(long)]
+    #[arg(long, allow_hyphen_values = true, value_parser = size)]
     batch: Option<usize>,
-    #[arg(long)]
+    #[arg(long, allow_hyphen_values = true, value_parser = size)]
     steps: Option<usize>,
     /// Adam learning rate.
-    #[arg(long)]
+    #[arg(long, allow_hyphen_values = true, value_parser = positive_finite)]
     lr: Option<f64>,
     /// Clip gradients to this global norm (0 disables clipping).
-    #[arg(long)]
+    #[arg(long, allow_hyphen_values = true, value_parser = non_negative_finite)]
     clip: Option<f64>,
     #[arg(long, value_enum, default_value = "cpu")]
     backend: TrainBackendArg,
@@ -159,9 +159,10 @@ enum TrainTask {
         args: TrainArgs,
         #[arg(long)]
         text: Option<PathBuf>,
-        #[arg(long)]
+        #[arg(long, allow_hyphen_values = true, value_parser = size)]
         layers: Option<usize>,
-        #[arg(long)]
+        /// Dropout probability in [0, 1).
+        #[arg(long, allow_hyphen_values = true, value_parser = probability)]
         dropout: Option<f32>,
         /// Save model and optimizer state here at the end.
         #[arg(long)]
@@ -169,6 +170,9 @@ enum TrainTask {
         /// Go on from this checkpoint (same text and model options) up to --steps.
         #[arg(long)]
         resume: Option<PathBuf>,
+        /// The text the final sample starts with (its characters must occur in the text).
+        #[arg(long)]
+        prime: Option<String>,
     },
 }
 
@@ -203,13 +207,21 @@ fn run(cli: Cli) -> Result<ExitCode> {
             json,
             plot,
         } => {
+            check_destination(json.as_deref(), "--json", &[])?;
+            check_destination(plot.as_deref(), "--plot", &[])?;
             let forget_bias = match forget_bias.as_str() {
                 "none" => None,
-                value => Some(value.parse::<f64>().map_err(|_| {
-                    wgpu_rnn::RnnError::Config(format!(
-                        "--forget-bias takes a number or `none`, got `{value}`"
-                    ))
-                })?),
+                value => Some(
+                    value
+                        .parse::<f64>()
+                        .ok()
+                        .filter(|v| v.is_finite())
+                        .ok_or_else(|| {
+                            wgpu_rnn::RnnError::Config(format!(
+                                "--forget-bias takes a finite number or `none`, got `{value}`"
+                            ))
+                        })?,
+                ),
             };
             let report = gradflow_with(
                 &GradFlowOptions {
@@ -248,6 +260,8 @@ fn run(cli: Cli) -> Result<ExitCode> {
             plot,
             half_weights,
         } => {
+            check_destination(json.as_deref(), "--json", &[])?;
+            check_destination(plot.as_deref(), "--plot", &[])?;
             let (backend, ctx) = match backend {
                 BackendArg::Cpu => (bench::Backend::Cpu, None),
                 BackendArg::Gpu => (bench::Backend::Gpu, Some(Arc::new(GpuContext::new()?))),
@@ -326,10 +340,43 @@ fn run(cli: Cli) -> Result<ExitCode> {
     }
 }
 
+/// An output file `option` names can be written where it points: its folder exists and it is
+/// not a folder itself, nor one of the run's `inputs`. Checked before the run, not after it.
+fn check_destination(
+    path: Option<&std::path::Path>,
+    option: &str,
+    inputs: &[Option<&std::path::Path>],
+) -> Result<()> {
+    let Some(path) = path else { return Ok(()) };
+    let problem = if path.is_dir() {
+        Some("is a folder")
+    } else if inputs.iter().flatten().any(|input| {
+        input == &path
+            || (path.exists()
+                && std::fs::canonicalize(input).ok() == std::fs::canonicalize(path).ok())
+    }) {
+        Some("is one of the run's inputs")
+    } else {
+        let parent = path.parent().filter(|p| !p.as_os_str().is_empty());
+        parent
+            .is_some_and(|p| !p.is_dir())
+            .then_some("is in a folder that does not exist")
+    };
+    match problem {
+        Some(problem) => Err(wgpu_rnn::RnnError::Config(format!(
+            "{option} {} {problem}",
+            path.display()
+        ))),
+        None => Ok(()),
+    }
+}
+
 /// Runs a training task and prints its loss history.
 fn train(task: TrainTask) -> Result<ExitCode> {
     let (args, report) = match task {
         TrainTask::Adding { args } => {
+            check_destination(args.json.as_deref(), "--json", &[])?;
+            check_destination(args.plot.as_deref(), "--plot", &[])?;
             let defaults = AddingOptions::default();
             let opts = AddingOptions {
                 cell: CellKind::parse(&args.cell)?,
@@ -353,7 +400,13 @@ fn train(task: TrainTask) -> Result<ExitCode> {
             dropout,
             checkpoint,
             resume,
+            prime,
         } => {
+            let inputs = [text.as_deref(), resume.as_deref()];
+            check_destination(args.json.as_deref(), "--json", &inputs)?;
+            check_destination(args.plot.as_deref(), "--plot", &inputs)?;
+            // Resuming from and saving to the same checkpoint is the usual way on.
+            check_destination(checkpoint.as_deref(), "--checkpoint", &inputs[..1])?;
             let defaults = CharLmOptions::default();
             let opts = CharLmOptions {
                 text,
@@ -370,6 +423,7 @@ fn train(task: TrainTask) -> Result<ExitCode> {
                 seed: args.seed,
                 checkpoint,
                 resume,
+                sample_prime: prime.unwrap_or(defaults.sample_prime.clone()),
                 ..defaults
             };
             let report = train_charlm(&opts)?;
@@ -398,6 +452,51 @@ fn train(task: TrainTask) -> Result<ExitCode> {
 /// `Some(v)` for a positive threshold, `None` (no clipping) for 0.
 fn positive(v: f64) -> Option<f64> {
     (v > 0.0).then_some(v)
+}
+
+/// A size or count ≥ 1 (clap reports the option's name with the error).
+fn size(arg: &str) -> std::result::Result<usize, String> {
+    match arg.parse::<usize>() {
+        Ok(0) => Err("must be at least 1".into()),
+        Ok(v) => Ok(v),
+        Err(e) => Err(format!("`{arg}` is not a whole number: {e}")),
+    }
+}
+
+/// A finite number > 0 (clap reports the option's name with the error).
+fn positive_finite(arg: &str) -> std::result::Result<f64, String> {
+    let v: f64 = arg
+        .parse()
+        .map_err(|e| format!("`{arg}` is not a number: {e}"))?;
+    if v.is_finite() && v > 0.0 {
+        Ok(v)
+    } else {
+        Err(format!("must be a finite number > 0, got {arg}"))
+    }
+}
+
+/// A finite number ≥ 0.
+fn non_negative_finite(arg: &str) -> std::result::Result<f64, String> {
+    let v: f64 = arg
+        .parse()
+        .map_err(|e| format!("`{arg}` is not a number: {e}"))?;
+    if v.is_finite() && v >= 0.0 {
+        Ok(v)
+    } else {
+        Err(format!("must be a finite number >= 0 (0: off), got {arg}"))
+    }
+}
+
+/// A probability in [0, 1).
+fn probability(arg: &str) -> std::result::Result<f32, String> {
+    let v: f32 = arg
+        .parse()
+        .map_err(|e| format!("`{arg}` is not a number: {e}"))?;
+    if (0.0..1.0).contains(&v) {
+        Ok(v)
+    } else {
+        Err(format!("must be in [0, 1), got {arg}"))
+    }
 }
 
 fn train_backend(arg: TrainBackendArg) -> Backend {
@@ -440,35 +539,61 @@ fn verify(backend: BackendArg, files: &[PathBuf]) -> Result<ExitCode> {
         let info = ctx.adapter_info();
         println!("adapter: {} ({:?})", info.name, info.backend);
     }
-    let mut failed = 0;
+    let mut failed = Vec::new();
     for path in files {
-        let fx = Fixture::<f32>::load(path)?;
-        let (batch, upstream) = (fx.batch(), fx.upstream());
-        let (output, grads) = match &ctx {
-            None => {
-                let (output, tape) = cpu::forward_train(&fx.params, &batch)?;
-                (output, cpu::backward(&fx.params, &tape, &upstream)?)
+        println!("{}", path.display());
+        let verdict = match verify_file(ctx.as_ref(), path) {
+            Ok(checks) => {
+                for check in &checks {
+                    println!("  {check}");
+                }
+                if checks.iter().all(|c| c.passed()) {
+                    "PASS"
+                } else {
+                    "FAIL"
+                }
             }
-            Some(ctx) => {
-                let model = GpuRnn::new(ctx.clone(), &fx.params)?;
-                let (output, tape) = model.forward_train(&batch)?;
-                let grads = model.backward(&tape, &upstream)?;
-                (output, grads)
+            Err(e) => {
+                eprintln!("error: {}: {e}", path.display());
+                "ERROR"
             }
         };
-        println!("{}", path.display());
-        let checks = check_fixture(&fx, &output, &grads);
-        let ok = checks.iter().all(|c| c.passed());
-        for check in &checks {
-            println!("  {check}");
+        println!("{verdict}");
+        if verdict != "PASS" {
+            failed.push(format!("{} ({verdict})", path.display()));
         }
-        println!("{}", if ok { "PASS" } else { "FAIL" });
-        failed += usize::from(!ok);
     }
-    println!("{} of {} files passed", files.len() - failed, files.len());
-    Ok(if failed == 0 {
+    println!(
+        "{} of {} files passed",
+        files.len() - failed.len(),
+        files.len()
+    );
+    if !failed.is_empty() {
+        println!("not passed: {}", failed.join(", "));
+    }
+    Ok(if failed.is_empty() {
         ExitCode::SUCCESS
     } else {
         ExitCode::FAILURE
     })
+}
+
+/// One fixture forward and backward on the CPU (`ctx` = None) or the GPU, compared tensor by
+/// tensor.
+fn verify_file(ctx: Option<&Arc<GpuContext>>, path: &std::path::Path) -> Result<Vec<TensorCheck>> {
+    let fx = Fixture::<f32>::load(path)?;
+    let (batch, upstream) = (fx.batch(), fx.upstream());
+    let (output, grads) = match ctx {
+        None => {
+            let (output, tape) = cpu::forward_train(&fx.params, &batch)?;
+            (output, cpu::backward(&fx.params, &tape, &upstream)?)
+        }
+        Some(ctx) => {
+            let model = GpuRnn::new(ctx.clone(), &fx.params)?;
+            let (output, tape) = model.forward_train(&batch)?;
+            let grads = model.backward(&tape, &upstream)?;
+            (output, grads)
+        }
+    };
+    Ok(check_fixture(&fx, &output, &grads))
 }

@@ -118,7 +118,7 @@ impl CharCorpus {
         index: u64,
     ) -> Result<(Array2<usize>, Vec<usize>)> {
         let ids = self.part(split);
-        self.check_window(ids, seq_len, batch)?;
+        self.check_window(split, seq_len, batch)?;
         let mut rng = batch_rng(seed, index);
         let starts: Vec<usize> = (0..batch)
             .map(|_| rng.random_range(0..ids.len() - seq_len))
@@ -135,7 +135,7 @@ impl CharCorpus {
         batch: usize,
     ) -> Result<Vec<(Array2<usize>, Vec<usize>)>> {
         let ids = self.part(split);
-        self.check_window(ids, seq_len, batch)?;
+        self.check_window(split, seq_len, batch)?;
         let per_batch = seq_len * batch;
         let count = (ids.len() - 1) / per_batch;
         Ok((0..count)
@@ -146,12 +146,23 @@ impl CharCorpus {
             .collect())
     }
 
-    fn check_window(&self, ids: &[usize], seq_len: usize, batch: usize) -> Result<()> {
-        let fits = seq_len.checked_mul(batch).is_some_and(|n| n < ids.len());
-        if seq_len == 0 || batch == 0 || !fits {
+    /// `batch` windows of `seq_len` characters (+ 1 target) fit in `split`; the error names
+    /// the split and the whole text's length.
+    fn check_window(&self, split: Split, seq_len: usize, batch: usize) -> Result<()> {
+        let ids = self.part(split);
+        let fits = seq_len
+            .checked_mul(batch)
+            .is_some_and(|chars| seq_len > 0 && batch > 0 && chars < ids.len());
+        if !fits {
+            let part = match split {
+                Split::Train => "training part",
+                Split::HeldOut => "held-out tail",
+            };
             return Err(RnnError::Config(format!(
-                "cannot cut {batch} windows of {seq_len} characters from {} characters",
-                ids.len()
+                "cannot cut {batch} windows of {seq_len} characters from the {part} of the text \
+                 ({} of its {} characters); use a longer text or a smaller --batch / --seq-len",
+                ids.len(),
+                self.train.len() + self.held_out.len()
             )));
         }
         Ok(())
