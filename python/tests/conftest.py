@@ -7,6 +7,12 @@ import pytest
 
 import wgpu_rnn
 
+try:
+    # Before any GPU context: see the note on triton in wgpu_rnn/torch.py.
+    import wgpu_rnn.torch  # noqa: F401
+except ImportError:  # no torch: the torch tests skip
+    pass
+
 
 def _gpu_available():
     try:
@@ -29,10 +35,14 @@ DEVICES = _devices()
 DEVICE_IDS = ["gpu", "cpu"]
 
 
+def _float64(array):
+    """numpy float64 copy of a numpy array or torch tensor."""
+    return np.asarray(array.detach() if hasattr(array, "detach") else array, dtype=np.float64)
+
+
 def relative_error(got, expected):
     """||got - expected|| / ||expected|| in float64 (absolute when expected is zero)."""
-    got = np.asarray(got, dtype=np.float64)
-    expected = np.asarray(expected, dtype=np.float64)
+    got, expected = _float64(got), _float64(expected)
     assert got.shape == expected.shape, f"shape {got.shape} != {expected.shape}"
     assert np.isfinite(got).all(), "result holds NaN or infinity"
     scale = np.linalg.norm(expected)
@@ -42,8 +52,7 @@ def relative_error(got, expected):
 
 def assert_close(name, got, expected, tol):
     err = relative_error(got, expected)
-    max_abs = np.max(np.abs(np.asarray(got, np.float64) - np.asarray(expected, np.float64)),
-                     initial=0.0)
+    max_abs = np.max(np.abs(_float64(got) - _float64(expected)), initial=0.0)
     assert err <= tol, f"{name}: ||d||/||ref|| = {err:.3g} > {tol:g} (max abs {max_abs:.3g})"
 
 

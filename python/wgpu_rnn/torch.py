@@ -18,6 +18,7 @@ uploaded again only after they change (an optimizer step), detected by their ver
 Inputs on another torch device (e.g. CUDA) travel through the host as well.
 """
 
+import importlib.util
 import math
 
 import torch
@@ -28,6 +29,11 @@ from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_
 from . import _native
 
 __all__ = ["RNN", "LSTM", "GRU"]
+
+# torch loads triton lazily (e.g. in an optimizer's constructor). Loading triton's LLVM after
+# the one of Mesa's software Vulkan driver (lavapipe) crashes the process; the other order works.
+if importlib.util.find_spec("triton") is not None:
+    import triton  # noqa: F401
 
 
 def _host(tensor):
@@ -199,22 +205,28 @@ class _Recurrent(nn.Module):
 
     def _run(self, input, h0, c0, lengths):
         """All stages, torch's dropout between them in training mode; (output, h_n, c_n)."""
+        if len(self._stages) > 1:  # each stage checks its slice of the states: check them whole
+            batch = input.shape[0 if self.batch_first else 1]
+            expected = [self.num_layers * self._directions, batch, self.hidden_size]
+            for name, state in (("h0", h0), ("c0", c0)):
+                if state is not None and list(state.shape) != expected:
+                    raise ValueError(f"tensor `{name}` has shape {list(state.shape)}, "
+                                     f"expected {expected}")
         h_parts, c_parts = [], []
         for i, stage in enumerate(self._stages):
             rows = slice(stage.first_layer * self._directions,
                          (stage.first_layer + stage.layers) * self._directions)
             params = [getattr(self, name) for name in stage.names]
-            results = _Run.apply(stage, lengths, input,
-                                 None if h0 is None else h0[rows],
-                                 None if c0 is None else c0[rows], *params)
+            stage_h0, stage_c0 = (s if s is None or len(self._stages) == 1 else s[rows]
+                                  for s in (h0, c0))
+            results = _Run.apply(stage, lengths, input, stage_h0, stage_c0, *params)
             input = results[0]
             h_parts.append(results[1])
             if len(results) == 3:
                 c_parts.append(results[2])
             if i + 1 < len(self._stages) and self.training:
                 input = F.dropout(input, self.dropout, training=True)
-        cat = (lambda parts: parts[0] if len(parts) == 1 else torch.cat(parts))
-        return input, cat(h_parts), cat(c_parts) if c_parts else None
+        return input, torch.cat(h_parts), torch.cat(c_parts) if c_parts else None
 
     def _repack(self, output, sequence, lengths):
         """The padded output as a PackedSequence with the input's batch order and sizes."""
