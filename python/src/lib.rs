@@ -9,6 +9,7 @@
 use std::collections::HashMap;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
+use std::time::Instant;
 
 use ndarray::{Array3, ArrayD, IxDyn};
 use numpy::{PyArray1, PyArrayDyn, PyArrayMethods, PyReadonlyArrayDyn, PyUntypedArrayMethods};
@@ -267,14 +268,30 @@ impl Model {
         lengths: Option<Vec<i64>>,
     ) -> PyResult<Outputs<'py>> {
         let inputs = Inputs::new(input, h0, c0, lengths)?;
-        let out = detached(py, || {
-            let weights = lock(&self.weights);
-            match &weights.backend {
-                Backend::Cpu => cpu::forward(&weights.params, &inputs.batch()),
-                Backend::Gpu(gpu) => gpu.forward(&inputs.batch()),
-            }
-        })?;
+        let out = detached(py, || self.run_forward(&inputs.batch()))?;
         outputs(py, out)
+    }
+
+    /// For benchmarks: the wall seconds of each of `reps` library forward calls on `input`
+    /// (for a GPU model: upload, GPU work, readback); no Python conversions. Set against a
+    /// timed `forward`, it gives the Python layer's overhead.
+    fn time_forward(
+        &self,
+        py: Python<'_>,
+        input: PyReadonlyArrayDyn<'_, f32>,
+        reps: usize,
+    ) -> PyResult<Vec<f64>> {
+        let input = array3("input", &input)?;
+        detached(py, || {
+            let batch = SequenceBatch::new(input.view());
+            (0..reps)
+                .map(|_| {
+                    let start = Instant::now();
+                    self.run_forward(&batch)?;
+                    Ok(start.elapsed().as_secs_f64())
+                })
+                .collect()
+        })
     }
 
     /// Training forward: (output, h_n, c_n or None, tape for backward).
@@ -372,6 +389,15 @@ impl Model {
 }
 
 impl Model {
+    /// Inference on the model's backend.
+    fn run_forward(&self, batch: &SequenceBatch<'_, f32>) -> wgpu_rnn::Result<ForwardOutput<f32>> {
+        let weights = lock(&self.weights);
+        match &weights.backend {
+            Backend::Cpu => cpu::forward(&weights.params, batch),
+            Backend::Gpu(gpu) => gpu.forward(batch),
+        }
+    }
+
     /// Makes `params` the model's weights (on the GPU too) and counts a new version.
     fn replace(&self, params: RnnParams<f32>) -> wgpu_rnn::Result<()> {
         let mut weights = lock(&self.weights);
