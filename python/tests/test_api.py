@@ -1,6 +1,7 @@
 """The numpy API without torch: streams, weights I/O, states, lengths and every error path."""
 
 import threading
+import time
 
 import numpy as np
 import pytest
@@ -126,6 +127,32 @@ def test_threads_run_concurrently_without_errors():
         np.testing.assert_array_equal(r, expected)
 
 
+def test_the_gil_is_released_during_a_call():
+    """A Python thread keeps running while the main thread is inside a long call."""
+    model = wgpu_rnn.LSTM(64, 64, device="cpu")
+    x = np.ones((300, 16, 64), np.float32)
+    counter = [0]
+    stop = threading.Event()
+
+    def count():
+        while not stop.is_set():
+            counter[0] += 1
+
+    thread = threading.Thread(target=count)
+    thread.start()
+    time.sleep(0.05)  # sleeping releases the GIL: the counter's rate alone
+    rate = counter[0] / 0.05
+    before, start = counter[0], time.perf_counter()
+    model(x)
+    seconds = time.perf_counter() - start
+    counted = counter[0] - before
+    stop.set()
+    thread.join()
+    assert seconds > 0.05, "the call must be long enough to tell"
+    assert counted > 0.1 * rate * seconds, (
+        f"the counter ran {counted} times in a {seconds:.3f} s call, {rate:.0f}/s alone")
+
+
 # Bad input: each a Python exception whose message names the tensor or option.
 
 @pytest.fixture(scope="module")
@@ -175,6 +202,10 @@ def test_bad_state_dict_raises_and_keeps_the_weights(lstm, edit, pattern):
         lstm.load_state_dict(state_dict)
     for name, value in lstm.state_dict().items():
         np.testing.assert_array_equal(value, before[name])
+
+
+def test_numpy_integer_sizes_are_accepted():
+    assert wgpu_rnn.GRU(np.int64(3), np.int32(4), device="cpu").hidden_size == 4
 
 
 def test_bad_constructor_arguments():

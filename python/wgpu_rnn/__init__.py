@@ -11,6 +11,7 @@ wrong dtype TypeError, device problems RuntimeError, each with wgpu-rnn's messag
 released while the library works. `wgpu_rnn.torch` has `torch.nn.Module` drop-ins.
 """
 
+import numbers
 import os
 from collections import OrderedDict
 
@@ -63,14 +64,14 @@ class _Recurrent:
                  dropout=0.0, bidirectional=False, *, device=None, seed=None):
         for name, value in (("input_size", input_size), ("hidden_size", hidden_size),
                             ("num_layers", num_layers)):
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
                 raise ValueError(f"invalid configuration: {name} must be an integer >= 1, "
                                  f"got {value!r}")
         if seed is None:
             seed = int.from_bytes(os.urandom(8), "little")
-        self.input_size = input_size
-        self.hidden_size = hidden_size
-        self.num_layers = num_layers
+        self.input_size = input_size = int(input_size)
+        self.hidden_size = hidden_size = int(hidden_size)
+        self.num_layers = num_layers = int(num_layers)
         self.bias = bool(bias)
         self.batch_first = bool(batch_first)
         self.dropout = float(dropout)
@@ -203,7 +204,7 @@ class Tape:
     def backward(self, grad_output, grad_h_n=None, grad_c_n=None):
         """Gradients of a loss from its gradients with respect to output, h_n and c_n (None:
         zero), as a dict: 'input', 'h_0', 'c_0' (LSTM) and every parameter by torch's name.
-        Needs the weights of the forward call (RuntimeError... ValueError otherwise)."""
+        Raises ValueError when the module's weights changed since the forward call."""
         params, grad_input, grad_h0, grad_c0 = self._tape.backward(
             _float32("grad_output", grad_output),
             None if grad_h_n is None else _float32("grad_h_n", grad_h_n),
