@@ -7,7 +7,6 @@ mod common;
 use common::{f64s, rel_err};
 use ndarray::{Array2, Array3};
 use rand::{RngExt, SeedableRng};
-use std::time::Instant;
 use wgpu_rnn::gpu::{GpuTensor, Recorder};
 use wgpu_rnn::train::gpu::{upload_targets, GpuOptimizer, NormScratch, TrainKernels};
 use wgpu_rnn::train::{
