@@ -303,7 +303,14 @@ mod tests {
     /// panels, with w in row-major, column-major and strided layout, and c in row-major and
     /// column-major layout and as a column block of a wider matrix (nothing outside it changes).
     fn matches_ndarray<F: Scalar>() {
-        for (m, k, n) in [(1, 1, 1), (2, 3, 5), (3, 5, 7), (5, 17, 33), (16, 64, 40)] {
+        for (m, k, n) in [
+            (1, 1, 1),
+            (2, 3, 5),
+            (3, 5, 7),
+            (5, 17, 33),
+            (7, 9, 16),
+            (16, 64, 40),
+        ] {
             let a = eighths::<F>((m, k), 1);
             let w = eighths::<F>((k, n), 2);
             let w_col_major = w.t().as_standard_layout().into_owned();

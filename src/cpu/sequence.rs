@@ -139,8 +139,9 @@ fn saved_blocks(cell: CellKind) -> usize {
     }
 }
 
-/// One layer and direction of a network.
+/// One layer and direction of a network, and the team that runs it.
 struct Direction<'a, F> {
+    team: &'a Team,
     cell: CellKind,
     params: &'a LayerParams<F>,
     steps: &'a Steps<'a>,
@@ -149,8 +150,15 @@ struct Direction<'a, F> {
 
 impl<'a, F: Scalar> Direction<'a, F> {
     /// Direction `dir` (1: reverse) of `layer`.
-    fn new(params: &'a RnnParams<F>, steps: &'a Steps<'a>, layer: usize, dir: usize) -> Self {
+    fn new(
+        team: &'a Team,
+        params: &'a RnnParams<F>,
+        steps: &'a Steps<'a>,
+        layer: usize,
+        dir: usize,
+    ) -> Self {
         Direction {
+            team,
             cell: params.config.cell,
             params: params.layer(layer, dir),
             steps,
@@ -163,7 +171,6 @@ impl<'a, F: Scalar> Direction<'a, F> {
     /// The team's workers take one block of hidden units each (`blocks`), in lockstep.
     fn forward(
         &self,
-        team: &Team,
         blocks: &[Range<usize>],
         x: ArrayView2<'_, F>,
         state: State<F>,
@@ -176,12 +183,12 @@ impl<'a, F: Scalar> Direction<'a, F> {
         let saved_width = saved_blocks(self.cell);
         let order = block_gate_order(blocks, gates, hidden);
         // Input projection of all steps at once: (T·B, G·H), biases included.
-        let mut gx = match &p.b_ih {
-            Some(bias) => Array2::from_shape_fn((x.nrows(), order.len()), |(_, j)| bias[order[j]]),
-            None => Array2::zeros((x.nrows(), order.len())),
-        };
+        let mut gx = Array2::zeros((x.nrows(), order.len()));
+        if let Some(bias) = &p.b_ih {
+            gx.assign(&bias.select(Axis(0), &order));
+        }
         let w_ih = p.w_ih.select(Axis(0), &order);
-        matmul(team, x, w_ih.t(), gx.view_mut(), true);
+        matmul(self.team, x, w_ih.t(), gx.view_mut(), true);
         let w_hh = p.w_hh.select(Axis(0), &order);
         let b_hh = p.b_hh.as_ref().map(|bias| bias.select(Axis(0), &order));
         // h entering step s is in h_buffers[s % 2]; each worker writes its units of the other.
@@ -202,7 +209,7 @@ impl<'a, F: Scalar> Direction<'a, F> {
                     SharedMatrix::new(tape.saved.view_mut()),
                 )
             });
-            team.run(blocks.len(), |k, barrier| {
+            self.team.run(blocks.len(), |k, barrier| {
                 let units = blocks[k].clone();
                 let gate_cols = gates * units.start..gates * units.end;
                 let saved_cols = saved_width * units.start..saved_width * units.end;
@@ -272,7 +279,7 @@ impl<'a, F: Scalar> Direction<'a, F> {
         }
         let [even, odd] = h_buffers;
         State {
-            h: if self.steps.seq_len % 2 == 0 {
+            h: if self.steps.seq_len.is_multiple_of(2) {
                 even
             } else {
                 odd
@@ -287,7 +294,6 @@ impl<'a, F: Scalar> Direction<'a, F> {
     /// take the forward's blocks of hidden units, in lockstep.
     fn backward(
         &self,
-        team: &Team,
         x: ArrayView2<'_, F>,
         tape: &DirectionTape<F>,
         dout: ArrayView2<'_, F>,
@@ -311,7 +317,7 @@ impl<'a, F: Scalar> Direction<'a, F> {
             let dg_h = dg_h_gru.as_ref().unwrap_or(&dg_x);
             let dh_shared = SharedMatrix::new(dstate.h.view_mut());
             let dc_shared = dstate.c.as_mut().map(|c| SharedMatrix::new(c.view_mut()));
-            team.run(blocks.len(), |k, barrier| {
+            self.team.run(blocks.len(), |k, barrier| {
                 let units = blocks[k].clone();
                 let gate_cols = gates * units.start..gates * units.end;
                 let saved_cols = saved_width * units.start..saved_width * units.end;
@@ -384,9 +390,15 @@ impl<'a, F: Scalar> Direction<'a, F> {
         // back to its place in torch's order.
         let dg_h = dg_h_gru.as_ref().unwrap_or(&dg_x);
         let mut dw_ih = Array2::zeros((order.len(), x.ncols()));
-        matmul(team, dg_x.t(), x, dw_ih.view_mut(), false);
+        matmul(self.team, dg_x.t(), x, dw_ih.view_mut(), false);
         let mut dw_hh = Array2::zeros((order.len(), hidden));
-        matmul(team, dg_h.t(), tape.h_prev.view(), dw_hh.view_mut(), false);
+        matmul(
+            self.team,
+            dg_h.t(),
+            tape.h_prev.view(),
+            dw_hh.view_mut(),
+            false,
+        );
         let db_ih = dg_x.sum_axis(Axis(0));
         let db_hh = dg_h.sum_axis(Axis(0));
         for (j, &row) in order.iter().enumerate() {
@@ -400,7 +412,7 @@ impl<'a, F: Scalar> Direction<'a, F> {
             }
         }
         let w_ih = p.w_ih.select(Axis(0), &order);
-        matmul(team, dg_x.view(), w_ih.view(), dx, true);
+        matmul(self.team, dg_x.view(), w_ih.view(), dx, true);
         dstate
     }
 }
@@ -479,7 +491,7 @@ pub(super) fn run_forward<F: Scalar>(
         let mut out = Array2::zeros((t * b, d * hidden));
         for dir in 0..d {
             let index = layer * d + dir;
-            let direction = Direction::new(params, &steps, layer, dir);
+            let direction = Direction::new(team, params, &steps, layer, dir);
             let initial = State::select(
                 cell,
                 batch.h0.as_ref(),
@@ -489,7 +501,7 @@ pub(super) fn run_forward<F: Scalar>(
             );
             let mut tape = train.then(|| DirectionTape::new(cell, hidden, t * b, blocks.clone()));
             let out_dir = out.slice_mut(s![.., dir * hidden..(dir + 1) * hidden]);
-            let last = direction.forward(team, &blocks, x.view(), initial, out_dir, tape.as_mut());
+            let last = direction.forward(&blocks, x.view(), initial, out_dir, tape.as_mut());
             h_n.index_axis_mut(Axis(0), index).assign(&last.h);
             if let (Some(c_n), Some(c)) = (c_n.as_mut(), &last.c) {
                 c_n.index_axis_mut(Axis(0), index).assign(c);
@@ -550,7 +562,7 @@ pub(super) fn run_backward<F: Scalar>(
         let mut dx = Array2::zeros(x.dim());
         for dir in 0..d {
             let index = layer * d + dir;
-            let direction = Direction::new(params, &steps, layer, dir);
+            let direction = Direction::new(team, params, &steps, layer, dir);
             let final_grad = State::select(
                 cell,
                 upstream.h_n.as_ref(),
@@ -559,7 +571,6 @@ pub(super) fn run_backward<F: Scalar>(
                 (b, hidden),
             );
             let initial_grad = direction.backward(
-                team,
                 x.view(),
                 &tape.directions[index],
                 d_out.slice(s![.., dir * hidden..(dir + 1) * hidden]),
@@ -645,7 +656,7 @@ mod tests {
         for (_, a) in grads.params.named() {
             all.extend(a.iter());
         }
-        all.into_iter().map(F::to_f64).collect()
+        all.into_iter().map(Scalar::to_f64).collect()
     }
 
     /// (‖a − b‖ / ‖b‖, max |a − b|).

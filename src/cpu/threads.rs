@@ -117,8 +117,9 @@ impl Team {
     }
 }
 
-/// A barrier for the workers of [`Team::run`]: spins briefly (a step takes microseconds), then
-/// yields. Once a worker panics, no wait blocks any more, so the others finish and the panic
+/// A barrier for the workers of [`Team::run`]: spins for about as long as a step takes (tens
+/// of microseconds), then yields, so that a worker waiting for one that lost its core to
+/// another process gives the core up instead of spinning out its time slice. Once a worker panics, no wait blocks any more, so the others finish and the panic
 /// reaches the caller instead of a hang.
 pub(super) struct Barrier {
     workers: usize,
@@ -149,11 +150,12 @@ impl Barrier {
             self.generation.fetch_add(1, Ordering::Release);
             return;
         }
+        const SPINS: u32 = 1 << 11;
         let mut spins = 0u32;
         while self.generation.load(Ordering::Acquire) == generation
             && !self.poisoned.load(Ordering::Relaxed)
         {
-            if spins < 1 << 16 {
+            if spins < SPINS {
                 spins += 1;
                 std::hint::spin_loop();
             } else {
