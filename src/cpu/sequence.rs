@@ -550,6 +550,17 @@ pub(super) fn run_backward<F: Scalar>(
     let cell = config.cell;
     let states = config.num_layers * d;
     let steps = Steps::new(t, b, tape.lengths.as_deref());
+    // The backward's workers take the forward's blocks: a thread each, even if the thread
+    // count was lowered in between.
+    let workers = tape.directions.iter().map(|d| d.blocks.len()).max();
+    let wider;
+    let team = match workers {
+        Some(workers) if workers > team.threads() => {
+            wider = Team::with_threads(workers)?;
+            &wider
+        }
+        _ => team,
+    };
     let mut grads = RnnParams::zeros(config)?;
     let mut dh0 = Array3::zeros((states, b, hidden));
     let mut dc0 = cell
@@ -640,7 +651,9 @@ mod tests {
         let team = Team::with_threads(threads).unwrap();
         let (out, tape) = run_forward(&team, &params, &batch, true).unwrap();
         let tape = tape.unwrap();
-        let grads = run_backward(&team, &params, &tape, &upstream).unwrap();
+        // Backward on fewer threads than the forward's blocks: it takes as many as it needs.
+        let one = Team::with_threads(1).unwrap();
+        let grads = run_backward(&one, &params, &tape, &upstream).unwrap();
         let (inference, _) = run_forward(&team, &params, &batch, false).unwrap();
         assert_eq!(
             inference.output, out.output,
@@ -677,8 +690,8 @@ mod tests {
         (d / n, max)
     }
 
-    /// The workers' blocks of hidden units (1, 2 or 3 of them at these sizes, of odd widths)
-    /// give what one thread gives: in f64 to rounding, in f32 within f32 rounding of the f64
+    /// The workers' blocks of hidden units (1, 2 or 3 of them at these sizes, of odd widths;
+    /// the backward called with a team of one thread) give what one thread gives: in f64 to rounding, in f32 within f32 rounding of the f64
     /// one-thread run.
     #[test]
     fn every_thread_count_matches_one_thread() {
