@@ -1,8 +1,8 @@
 //! The big products of a sequence (input projection, weight gradients, input gradient) through
 //! the `gemm` crate on the team's threads. Measured on the step and sequence shapes against
-//! `matrixmultiply` (docs/PERFORMANCE.md): as fast or faster on these shapes, with runtime
-//! AVX-512/AVX2/portable dispatch, and it takes its thread count per call, so the CPU path
-//! honours `WGPU_RNN_NUM_THREADS`.
+//! `matrixmultiply` (docs/PERFORMANCE.md): neither wins on every shape, but gemm takes its
+//! thread count per call, so the CPU path honours `WGPU_RNN_NUM_THREADS`; it dispatches to
+//! AVX2+FMA or portable kernels at runtime.
 
 use super::threads::Team;
 use crate::scalar::Scalar;
