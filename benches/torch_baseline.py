@@ -20,6 +20,7 @@ Examples:
     python3 benches/torch_baseline.py --device cpu --threads 2 --reps 5 --out torch_cpu.json
     python3 benches/torch_baseline.py --out torch.json --compare wgpu.json
     python3 benches/torch_baseline.py --compare wgpu.json --torch-json torch.json  # no torch needed
+    scripts/cpu_compare.sh 2 5   # CPU against CPU at 2 threads, 5 alternating rounds
 """
 
 import argparse
@@ -163,38 +164,51 @@ def load_records(path):
 
 
 def compare(wgpu_records, torch_records):
-    """Prints one line per wgpu-rnn case: its GPU and CPU medians beside torch's."""
+    """Prints one line per wgpu-rnn case: its GPU and CPU medians beside torch's, and the speed
+    ratios (torch ms / wgpu-rnn ms, > 1: wgpu-rnn is faster) of the GPU against CUDA fp32 and of
+    the CPU path against torch's CPU. Where several records share a case and side (rounds of
+    scripts/cpu_compare.sh), each figure is the median of their medians."""
     def key(r):
         return tuple(r.get(k) for k in CASE_KEYS)
 
+    def median_of(values):
+        values = [v for v in values if v is not None]
+        return statistics.median(values) if values else None
+
     def torch_ms(k, backend, tf32):
-        for r in torch_records:
-            if (r.get("lib") == "torch" and key(r) == k and r["backend"] == backend
-                    and bool(r.get("tf32")) == tf32):
-                return r["ms_median"]
-        return None
+        return median_of(r["ms_median"] for r in torch_records
+                         if r.get("lib") == "torch" and key(r) == k and r["backend"] == backend
+                         and bool(r.get("tf32")) == tf32)
 
     def fmt(v):
         return f"{v:10.3f}" if v is not None else f"{'-':>10}"
+
+    def ratio(theirs, ours):
+        return f"{theirs / ours:8.2f}x" if theirs and ours else f"{'-':>9}"
 
     cases = []
     for r in wgpu_records:
         if key(r) not in cases:
             cases.append(key(r))
+    threads = sorted({r.get("adapter", "") for r in wgpu_records + torch_records
+                      if r.get("backend") == "cpu"})
+    if threads:
+        print("CPU sides: " + "; ".join(threads))
     print(f"{'case':<40} {'wgpu gpu':>10} {'wgpu cpu':>10} {'cuda fp32':>10} {'cuda tf32':>10} "
-          f"{'torch cpu':>10} {'fp32/gpu':>9}  (median wall ms, to a device sync)")
+          f"{'torch cpu':>10} {'fp32/gpu':>9} {'tcpu/cpu':>9}  (median wall ms, to a device sync)")
     for k in cases:
         # wgpu-rnn's wall median (its ms_median may be timestamp GPU time): torch's is wall.
-        mine = {r["backend"]: r.get("ms_wall_median", r["ms_median"])
-                for r in wgpu_records if key(r) == k}
-        gpu, cpu = mine.get("gpu"), mine.get("cpu")
+        def mine(backend):
+            return median_of(r.get("ms_wall_median", r["ms_median"])
+                             for r in wgpu_records if key(r) == k and r["backend"] == backend)
+        gpu, cpu = mine("gpu"), mine("cpu")
         fp32, tf32 = torch_ms(k, "cuda", False), torch_ms(k, "cuda", True)
         torch_cpu = torch_ms(k, "cpu", False)
-        ratio = f"{fp32 / gpu:8.2f}x" if gpu and fp32 else f"{'-':>9}"
         cell, b, t, i, h, layers, bidir, mode = k
         label = f"{cell} B={b} T={t} I={i} H={h}" + (f" L={layers}" if layers != 1 else "")
         label += (" bi" if bidir else "") + f" {mode}"
-        print(f"{label:<40} {fmt(gpu)} {fmt(cpu)} {fmt(fp32)} {fmt(tf32)} {fmt(torch_cpu)} {ratio}")
+        print(f"{label:<40} {fmt(gpu)} {fmt(cpu)} {fmt(fp32)} {fmt(tf32)} {fmt(torch_cpu)} "
+              f"{ratio(fp32, gpu)} {ratio(torch_cpu, cpu)}")
 
 
 def main():

@@ -1,16 +1,20 @@
 //! The CPU reference, generic over f32 and f64: forward (inference or training) and
-//! backpropagation through time, with torch's exact semantics.
+//! backpropagation through time, with torch's exact semantics, on [`num_threads`] threads.
 //!
 //! `RnnConfig::dropout` is ignored here: dropout between layers is a training feature that
 //! this reference does not implement.
 
 mod gru;
 mod lstm;
+mod matmul;
 mod packed;
 mod rnn;
 mod sequence;
+mod threads;
 
 pub use sequence::Tape;
+use threads::Team;
+pub use threads::{num_threads, set_num_threads, THREADS_ENV};
 
 use crate::batch::{ForwardOutput, Gradients, SequenceBatch, UpstreamGrads};
 use crate::error::Result;
@@ -22,7 +26,7 @@ pub fn forward<F: Scalar>(
     params: &RnnParams<F>,
     batch: &SequenceBatch<'_, F>,
 ) -> Result<ForwardOutput<F>> {
-    sequence::run_forward(params, batch, false).map(|(output, _)| output)
+    sequence::run_forward(&Team::current()?, params, batch, false).map(|(output, _)| output)
 }
 
 /// Training forward: like [`forward`], and also returns the [`Tape`] that [`backward`] needs.
@@ -30,7 +34,7 @@ pub fn forward_train<F: Scalar>(
     params: &RnnParams<F>,
     batch: &SequenceBatch<'_, F>,
 ) -> Result<(ForwardOutput<F>, Tape<F>)> {
-    let (output, tape) = sequence::run_forward(params, batch, true)?;
+    let (output, tape) = sequence::run_forward(&Team::current()?, params, batch, true)?;
     match tape {
         Some(tape) => Ok((output, tape)),
         None => unreachable!("a training forward always records a tape"),
@@ -44,5 +48,5 @@ pub fn backward<F: Scalar>(
     tape: &Tape<F>,
     grads: &UpstreamGrads<'_, F>,
 ) -> Result<Gradients<F>> {
-    sequence::run_backward(params, tape, grads)
+    sequence::run_backward(&Team::current()?, params, tape, grads)
 }

@@ -6,7 +6,7 @@
 
 use crate::scalar::Scalar;
 use ndarray::linalg::general_mat_mul;
-use ndarray::{Array2, ArrayView2};
+use ndarray::{ArrayView2, ArrayViewMut2};
 
 /// A weight matrix w (k, n) and, where the kernel runs, its packed copy.
 pub(super) struct PackedMatrix<'a, F> {
@@ -25,19 +25,24 @@ impl<'a, F: Scalar> PackedMatrix<'a, F> {
     }
 
     /// c += a · w for a (m, k) and c (m, n).
-    pub(super) fn add_product(&self, a: ArrayView2<'_, F>, c: &mut Array2<F>) {
+    pub(super) fn add_product(&self, a: ArrayView2<'_, F>, mut c: ArrayViewMut2<'_, F>) {
         #[cfg(target_arch = "x86_64")]
         if let Some(panels) = &self.panels {
-            return avx2::add_product(panels, self.w.dim(), a, c);
+            let [row_stride, col_stride] = [c.strides()[0], c.strides()[1]];
+            if (c.ncols() <= 1 || col_stride == 1)
+                && (c.nrows() <= 1 || row_stride >= c.ncols() as isize)
+            {
+                return avx2::add_product(panels, self.w.dim(), a, c);
+            }
         }
-        general_mat_mul(F::one(), &a, &self.w, F::one(), c);
+        general_mat_mul(F::one(), &a, &self.w, F::one(), &mut c);
     }
 }
 
 #[cfg(target_arch = "x86_64")]
 mod avx2 {
     use crate::scalar::Scalar;
-    use ndarray::{Array2, ArrayView2};
+    use ndarray::{ArrayView2, ArrayViewMut2};
     use std::any::TypeId;
     use std::arch::x86_64::*;
 
@@ -86,31 +91,35 @@ mod avx2 {
         panels
     }
 
-    /// c += a · w for a (m, k), c (m, n) and w (k, n) packed by [`pack`]; F is f32 or f64 and
-    /// the CPU has AVX2 and FMA ([`available`]).
+    /// c += a · w for a (m, k), c (m, n) with unit column stride and a row stride of at least
+    /// n, and w (k, n) packed by [`pack`]; F is f32 or f64 and the CPU has AVX2 and FMA ([`available`]).
     pub(super) fn add_product<F: Scalar>(
         panels: &[F],
         (k, n): (usize, usize),
         a: ArrayView2<'_, F>,
-        c: &mut Array2<F>,
+        mut c: ArrayViewMut2<'_, F>,
     ) {
-        assert_eq!(a.dim(), (c.nrows(), k), "a is (m, k)");
+        let m = c.nrows();
+        assert_eq!(a.dim(), (m, k), "a is (m, k)");
         assert_eq!(c.ncols(), n, "c is (m, n)");
-        if !c.is_standard_layout() {
-            *c = c.as_standard_layout().into_owned();
+        if m == 0 || n == 0 {
+            return;
         }
+        let ldc = if m == 1 { n } else { c.strides()[0] as usize };
         let a = a.as_standard_layout();
-        let (Some(a), Some(c)) = (a.as_slice(), c.as_slice_mut()) else {
-            unreachable!("standard-layout arrays are slices");
-        };
+        let a = a
+            .as_slice()
+            .unwrap_or_else(|| unreachable!("standard-layout arrays are slices"));
+        // SAFETY: c's rows lie at multiples of ldc from its first element, n elements each.
+        let c = unsafe { std::slice::from_raw_parts_mut(c.as_mut_ptr(), (m - 1) * ldc + n) };
         let f = TypeId::of::<F>();
         // SAFETY: each branch reinterprets F as the type it is, and `available` checked the
         // features the kernel is compiled for.
         unsafe {
             if f == TypeId::of::<f32>() {
-                product::<__m256>(retype(panels), (k, n), retype(a), retype_mut(c));
+                product::<__m256>(retype(panels), (k, n, ldc), retype(a), retype_mut(c));
             } else if f == TypeId::of::<f64>() {
-                product::<__m256d>(retype(panels), (k, n), retype(a), retype_mut(c));
+                product::<__m256d>(retype(panels), (k, n, ldc), retype(a), retype_mut(c));
             } else {
                 unreachable!("the kernel is only packed for f32 and f64");
             }
@@ -202,11 +211,12 @@ mod avx2 {
         }
     }
 
-    /// c (m, n) += a (m, k) · the panels, panel by panel, in tiles of up to [`MR`] rows.
+    /// c (m, n, row stride ldc) += a (m, k) · the panels, panel by panel, in tiles of up to
+    /// [`MR`] rows.
     #[target_feature(enable = "avx2,fma")]
     fn product<V: Register>(
         panels: &[V::Lane],
-        (k, n): (usize, usize),
+        (k, n, ldc): (usize, usize, usize),
         a: &[V::Lane],
         c: &mut [V::Lane],
     ) {
@@ -215,14 +225,14 @@ mod avx2 {
             let (j0, cols) = (p * nr, nr.min(n - p * nr));
             for i in (0..m).step_by(MR) {
                 let rows = MR.min(m - i);
-                let (a, c) = (&a[i * k..(i + rows) * k], &mut c[i * n + j0..]);
+                let (a, c) = (&a[i * k..(i + rows) * k], &mut c[i * ldc + j0..]);
                 // SAFETY: this function's features are the tile's.
                 unsafe {
                     match rows {
-                        4 => tile::<V, 4>(a, panel, c, n, cols),
-                        3 => tile::<V, 3>(a, panel, c, n, cols),
-                        2 => tile::<V, 2>(a, panel, c, n, cols),
-                        _ => tile::<V, 1>(a, panel, c, n, cols),
+                        4 => tile::<V, 4>(a, panel, c, ldc, cols),
+                        3 => tile::<V, 3>(a, panel, c, ldc, cols),
+                        2 => tile::<V, 2>(a, panel, c, ldc, cols),
+                        _ => tile::<V, 1>(a, panel, c, ldc, cols),
                     }
                 }
             }
@@ -291,9 +301,16 @@ mod tests {
 
     /// c += a · w against ndarray's product, over every remainder of the row tiles and the
     /// panels, with w in row-major, column-major and strided layout, and c in row-major and
-    /// column-major layout.
+    /// column-major layout and as a column block of a wider matrix (nothing outside it changes).
     fn matches_ndarray<F: Scalar>() {
-        for (m, k, n) in [(1, 1, 1), (2, 3, 5), (3, 5, 7), (5, 17, 33), (16, 64, 40)] {
+        for (m, k, n) in [
+            (1, 1, 1),
+            (2, 3, 5),
+            (3, 5, 7),
+            (5, 17, 33),
+            (7, 9, 16),
+            (16, 64, 40),
+        ] {
             let a = eighths::<F>((m, k), 1);
             let w = eighths::<F>((k, n), 2);
             let w_col_major = w.t().as_standard_layout().into_owned();
@@ -305,12 +322,18 @@ mod tests {
             for w in [w.view(), w_col_major.t(), w_strided.slice(s![.., ..;2])] {
                 let packed = PackedMatrix::new(w);
                 let mut got = c.clone();
-                packed.add_product(a.view(), &mut got);
+                packed.add_product(a.view(), got.view_mut());
                 assert_eq!(got, want, "({m}, {k}, {n})");
                 let mut got = Array2::zeros((m, n).f());
                 got.assign(&c);
-                packed.add_product(a.view(), &mut got);
+                packed.add_product(a.view(), got.view_mut());
                 assert_eq!(got, want, "({m}, {k}, {n}), column-major c");
+                let mut wider = eighths::<F>((m, n + 5), 4);
+                wider.slice_mut(s![.., 2..n + 2]).assign(&c);
+                let mut wider_want = wider.clone();
+                wider_want.slice_mut(s![.., 2..n + 2]).assign(&want);
+                packed.add_product(a.view(), wider.slice_mut(s![.., 2..n + 2]));
+                assert_eq!(wider, wider_want, "({m}, {k}, {n}), c a column block");
             }
         }
     }

@@ -2,15 +2,17 @@
 //! the input projection of all steps as one product, the per-step products with W_hh packed
 //! once per direction, and the weight gradients as big products.
 
+use super::matmul::matmul;
 use super::packed::PackedMatrix;
+use super::threads::{SharedMatrix, Team};
 use super::{gru, lstm, rnn};
 use crate::batch::{check_params, ForwardOutput, Gradients, SequenceBatch, UpstreamGrads};
 use crate::config::{CellKind, RnnConfig};
 use crate::error::{Result, RnnError};
 use crate::params::{LayerParams, RnnParams};
 use crate::scalar::Scalar;
-use ndarray::linalg::general_mat_mul;
 use ndarray::{s, Array2, Array3, ArrayView2, ArrayView3, ArrayViewMut2, Axis};
+use std::ops::Range;
 
 /// What the backward pass needs from a training forward pass.
 #[derive(Clone, Debug)]
@@ -32,20 +34,24 @@ impl<F> Tape<F> {
     }
 }
 
-/// Per-step records of one layer and direction; row t·B + b (or just b for a one-step scratch).
+/// Per-step records of one layer and direction; row t·B + b.
 #[derive(Clone, Debug)]
 struct DirectionTape<F> {
+    /// The blocks of hidden units the forward's workers took; `saved` is in their order.
+    blocks: Vec<Range<usize>>,
     /// (T·B, H) hidden state entering step t
     h_prev: Array2<F>,
     /// (T·B, H) cell state entering step t, LSTM only
     c_prev: Option<Array2<F>>,
-    /// (T·B, S·H) the cell's saved activations of step t
+    /// (T·B, S·H) the cell's saved activations of step t, block by block: a block of units
+    /// u0..u1 holds columns S·u0..S·u1 in the cell's layout for H = u1 − u0.
     saved: Array2<F>,
 }
 
 impl<F: Scalar> DirectionTape<F> {
-    fn new(cell: CellKind, hidden: usize, rows: usize) -> Self {
+    fn new(cell: CellKind, hidden: usize, rows: usize, blocks: Vec<Range<usize>>) -> Self {
         DirectionTape {
+            blocks,
             h_prev: Array2::zeros((rows, hidden)),
             c_prev: cell.has_cell_state().then(|| Array2::zeros((rows, hidden))),
             saved: Array2::zeros((rows, saved_blocks(cell) * hidden)),
@@ -133,8 +139,9 @@ fn saved_blocks(cell: CellKind) -> usize {
     }
 }
 
-/// One layer and direction of a network.
+/// One layer and direction of a network, and the team that runs it.
 struct Direction<'a, F> {
+    team: &'a Team,
     cell: CellKind,
     params: &'a LayerParams<F>,
     steps: &'a Steps<'a>,
@@ -143,8 +150,15 @@ struct Direction<'a, F> {
 
 impl<'a, F: Scalar> Direction<'a, F> {
     /// Direction `dir` (1: reverse) of `layer`.
-    fn new(params: &'a RnnParams<F>, steps: &'a Steps<'a>, layer: usize, dir: usize) -> Self {
+    fn new(
+        team: &'a Team,
+        params: &'a RnnParams<F>,
+        steps: &'a Steps<'a>,
+        layer: usize,
+        dir: usize,
+    ) -> Self {
         Direction {
+            team,
             cell: params.config.cell,
             params: &params.layers[layer * params.config.num_directions() + dir],
             steps,
@@ -154,79 +168,130 @@ impl<'a, F: Scalar> Direction<'a, F> {
 
     /// Runs the direction over `x` (T·B, In) from `state`, writes h_t into `out` (T·B, H)
     /// (zero at masked steps), records into `tape` if given, and returns the final state.
+    /// The team's workers take one block of hidden units each (`blocks`), in lockstep.
     fn forward(
         &self,
+        blocks: &[Range<usize>],
         x: ArrayView2<'_, F>,
-        mut state: State<F>,
-        mut out: ArrayViewMut2<'_, F>,
+        state: State<F>,
+        out: ArrayViewMut2<'_, F>,
         tape: Option<&mut DirectionTape<F>>,
     ) -> State<F> {
         let p = self.params;
-        let b = self.steps.batch;
-        let hidden = p.w_hh.ncols();
-        // Input projection of all steps at once: (T·B, G·H).
-        let mut gx = x.dot(&p.w_ih.t());
+        let (b, hidden) = (self.steps.batch, p.w_hh.ncols());
+        let gates = p.w_hh.nrows() / hidden;
+        let saved_width = saved_blocks(self.cell);
+        let order = block_gate_order(blocks, gates, hidden);
+        // Input projection of all steps at once: (T·B, G·H), biases included.
+        let mut gx = Array2::zeros((x.nrows(), order.len()));
         if let Some(bias) = &p.b_ih {
-            gx += bias;
+            gx.assign(&bias.select(Axis(0), &order));
         }
-        let w_hh = PackedMatrix::new(p.w_hh.t());
-        let mut gh = Array2::zeros((b, p.w_hh.nrows()));
-        let keeps_all_steps = tape.is_some();
-        let mut scratch;
-        let record = match tape {
-            Some(tape) => tape,
-            None => {
-                scratch = DirectionTape::new(self.cell, hidden, b);
-                &mut scratch
-            }
-        };
-        for t in self.steps.order(self.reverse) {
-            let rows = self.steps.rows(t);
-            let rec = if keeps_all_steps { rows.clone() } else { 0..b };
-            record
-                .h_prev
-                .slice_mut(s![rec.clone(), ..])
-                .assign(&state.h);
-            if let (Some(c_prev), Some(c)) = (record.c_prev.as_mut(), &state.c) {
-                c_prev.slice_mut(s![rec.clone(), ..]).assign(c);
-            }
-            match &p.b_hh {
-                Some(bias) => gh.assign(bias),
-                None => gh.fill(F::zero()),
-            }
-            w_hh.add_product(state.h.view(), &mut gh);
-            let gx_t = gx.slice(s![rows.clone(), ..]);
-            let saved = record.saved.slice_mut(s![rec.clone(), ..]);
-            match (self.cell, state.c.as_mut()) {
-                (CellKind::Rnn(nl), _) => rnn::step(nl, gx_t, gh.view(), state.h.view_mut(), saved),
-                (CellKind::Gru, _) => gru::step(gx_t, gh.view(), state.h.view_mut(), saved),
-                (CellKind::Lstm, Some(c)) => {
-                    lstm::step(gx_t, gh.view(), state.h.view_mut(), c.view_mut(), saved)
-                }
-                (CellKind::Lstm, None) => unreachable!("an LSTM state always holds c"),
-            }
-            let mut out_t = out.slice_mut(s![rows, ..]);
-            out_t.assign(&state.h);
-            if self.steps.any_masked(t) {
-                // Frozen: the state stays what it was, the output is zero.
-                for bi in self.steps.masked(t) {
-                    state
-                        .h
-                        .row_mut(bi)
-                        .assign(&record.h_prev.row(rec.start + bi));
-                    if let (Some(c), Some(c_prev)) = (state.c.as_mut(), record.c_prev.as_ref()) {
-                        c.row_mut(bi).assign(&c_prev.row(rec.start + bi));
+        let w_ih = p.w_ih.select(Axis(0), &order);
+        matmul(self.team, x, w_ih.t(), gx.view_mut(), true);
+        let w_hh = p.w_hh.select(Axis(0), &order);
+        let b_hh = p.b_hh.as_ref().map(|bias| bias.select(Axis(0), &order));
+        // h entering step s is in h_buffers[s % 2]; each worker writes its units of the other.
+        let mut h_buffers = [state.h.clone(), state.h];
+        let mut c_final = state.c;
+        {
+            let h_shared = h_buffers
+                .each_mut()
+                .map(|h| SharedMatrix::new(h.view_mut()));
+            let c_shared = c_final.as_mut().map(|c| SharedMatrix::new(c.view_mut()));
+            let out = SharedMatrix::new(out);
+            let record = tape.map(|tape| {
+                (
+                    SharedMatrix::new(tape.h_prev.view_mut()),
+                    tape.c_prev
+                        .as_mut()
+                        .map(|c| SharedMatrix::new(c.view_mut())),
+                    SharedMatrix::new(tape.saved.view_mut()),
+                )
+            });
+            self.team.run(blocks.len(), |k, barrier| {
+                let units = blocks[k].clone();
+                let gate_cols = gates * units.start..gates * units.end;
+                let saved_cols = saved_width * units.start..saved_width * units.end;
+                let w = PackedMatrix::new(w_hh.slice(s![gate_cols.clone(), ..]).reversed_axes());
+                let bias = b_hh.as_ref().map(|bias| bias.slice(s![gate_cols.clone()]));
+                let mut gh = Array2::zeros((b, gate_cols.len()));
+                let mut scratch = record
+                    .is_none()
+                    .then(|| Array2::zeros((b, saved_cols.len())));
+                // SAFETY (all blocks below): a worker writes only its own units' columns; it
+                // reads other workers' columns (all of h_prev) only between the barrier after
+                // their writes and the barrier before the next writes to that buffer.
+                let mut h = unsafe { h_shared[0].block(0..b, units.clone()) }.to_owned();
+                let mut c = c_shared
+                    .as_ref()
+                    .map(|c| unsafe { c.block(0..b, units.clone()) }.to_owned());
+                for (s, t) in self.steps.order(self.reverse).enumerate() {
+                    let rows = self.steps.rows(t);
+                    let h_prev = unsafe { h_shared[s % 2].block(0..b, 0..hidden) };
+                    match &bias {
+                        Some(bias) => gh.assign(bias),
+                        None => gh.fill(F::zero()),
                     }
-                    out_t.row_mut(bi).fill(F::zero());
+                    w.add_product(h_prev, gh.view_mut());
+                    let kept = self.steps.any_masked(t).then(|| (h.clone(), c.clone()));
+                    let saved = match (&record, scratch.as_mut()) {
+                        (Some((h_rec, c_rec, saved)), _) => {
+                            unsafe { h_rec.block_mut(rows.clone(), units.clone()) }.assign(&h);
+                            if let (Some(c_rec), Some(c)) = (c_rec, &c) {
+                                unsafe { c_rec.block_mut(rows.clone(), units.clone()) }.assign(c);
+                            }
+                            unsafe { saved.block_mut(rows.clone(), saved_cols.clone()) }
+                        }
+                        (None, Some(scratch)) => scratch.view_mut(),
+                        (None, None) => unreachable!("a scratch exists without a tape"),
+                    };
+                    let gx_t = gx.slice(s![rows.clone(), gate_cols.clone()]);
+                    match (self.cell, c.as_mut()) {
+                        (CellKind::Rnn(nl), _) => {
+                            rnn::step(nl, gx_t, gh.view(), h.view_mut(), saved)
+                        }
+                        (CellKind::Gru, _) => gru::step(gx_t, gh.view(), h.view_mut(), saved),
+                        (CellKind::Lstm, Some(c)) => {
+                            lstm::step(gx_t, gh.view(), h.view_mut(), c.view_mut(), saved)
+                        }
+                        (CellKind::Lstm, None) => unreachable!("an LSTM state always holds c"),
+                    }
+                    let mut out_t = unsafe { out.block_mut(rows, units.clone()) };
+                    out_t.assign(&h);
+                    if let Some((h_kept, c_kept)) = kept {
+                        // Frozen: the state stays what it was, the output is zero.
+                        for bi in self.steps.masked(t) {
+                            h.row_mut(bi).assign(&h_kept.row(bi));
+                            if let (Some(c), Some(c_kept)) = (c.as_mut(), &c_kept) {
+                                c.row_mut(bi).assign(&c_kept.row(bi));
+                            }
+                            out_t.row_mut(bi).fill(F::zero());
+                        }
+                    }
+                    unsafe { h_shared[(s + 1) % 2].block_mut(0..b, units.clone()) }.assign(&h);
+                    barrier.wait();
                 }
-            }
+                if let (Some(c_shared), Some(c)) = (&c_shared, &c) {
+                    unsafe { c_shared.block_mut(0..b, units) }.assign(c);
+                }
+            });
         }
-        state
+        let [even, odd] = h_buffers;
+        State {
+            h: if self.steps.seq_len.is_multiple_of(2) {
+                even
+            } else {
+                odd
+            },
+            c: c_final,
+        }
     }
 
     /// Backpropagates through the direction: `dout` (T·B, H) is d loss/d h_t, `dstate` the
     /// gradient of the final state. Writes the parameter gradients into `grads`, adds d loss/d x
-    /// into `dx` (T·B, In) and returns the gradient of the initial state.
+    /// into `dx` (T·B, In) and returns the gradient of the initial state. The team's workers
+    /// take the forward's blocks of hidden units, in lockstep.
     fn backward(
         &self,
         x: ArrayView2<'_, F>,
@@ -234,90 +299,132 @@ impl<'a, F: Scalar> Direction<'a, F> {
         dout: ArrayView2<'_, F>,
         mut dstate: State<F>,
         grads: &mut LayerParams<F>,
-        mut dx: ArrayViewMut2<'_, F>,
+        dx: ArrayViewMut2<'_, F>,
     ) -> State<F> {
         let p = self.params;
-        let w_hh = PackedMatrix::new(p.w_hh.view());
-        let gate_rows = p.w_hh.nrows();
-        let all_rows = self.steps.seq_len * self.steps.batch;
+        let (b, hidden) = (self.steps.batch, p.w_hh.ncols());
+        let gates = p.w_hh.nrows() / hidden;
+        let saved_width = saved_blocks(self.cell);
+        let blocks = &tape.blocks;
+        let order = block_gate_order(blocks, gates, hidden);
+        let w_hh = p.w_hh.select(Axis(0), &order);
         // Gate pre-activation gradients of all steps, input side and (GRU only) hidden side.
-        let mut dg_x = Array2::<F>::zeros((all_rows, gate_rows));
+        let mut dg_x = Array2::<F>::zeros((self.steps.seq_len * b, order.len()));
         let mut dg_h_gru = (self.cell == CellKind::Gru).then(|| Array2::zeros(dg_x.dim()));
-        let mut kept = State {
-            h: Array2::zeros(dstate.h.dim()),
-            c: dstate.c.as_ref().map(|c| Array2::zeros(c.dim())),
-        };
-        for t in self.steps.order(self.reverse).rev() {
-            let rows = self.steps.rows(t);
-            let masked = self.steps.any_masked(t);
-            if masked {
-                kept.h.assign(&dstate.h);
-                if let (Some(k), Some(c)) = (kept.c.as_mut(), &dstate.c) {
-                    k.assign(c);
-                }
-            }
-            dstate.h += &dout.slice(s![rows.clone(), ..]);
-            let saved = tape.saved.slice(s![rows.clone(), ..]);
-            let dg_x_t = dg_x.slice_mut(s![rows.clone(), ..]);
-            match (
-                self.cell,
-                dstate.c.as_mut(),
-                tape.c_prev.as_ref(),
-                dg_h_gru.as_mut(),
-            ) {
-                (CellKind::Rnn(nl), ..) => {
-                    rnn::step_backward(nl, saved, dstate.h.view_mut(), dg_x_t)
-                }
-                (CellKind::Lstm, Some(dc), Some(c_prev), _) => lstm::step_backward(
-                    saved,
-                    c_prev.slice(s![rows.clone(), ..]),
-                    dstate.h.view_mut(),
-                    dc.view_mut(),
-                    dg_x_t,
-                ),
-                (CellKind::Gru, _, _, Some(dg_h)) => gru::step_backward(
-                    saved,
-                    tape.h_prev.slice(s![rows.clone(), ..]),
-                    dstate.h.view_mut(),
-                    dg_x_t,
-                    dg_h.slice_mut(s![rows.clone(), ..]),
-                ),
-                _ => unreachable!("state, tape and gradients are built for the cell"),
-            }
-            if masked {
-                // Frozen step: gradients pass through unchanged, no gate gradient.
-                for bi in self.steps.masked(t) {
-                    dstate.h.row_mut(bi).assign(&kept.h.row(bi));
-                    if let (Some(dc), Some(k)) = (dstate.c.as_mut(), kept.c.as_ref()) {
-                        dc.row_mut(bi).assign(&k.row(bi));
+        {
+            let dg_x = SharedMatrix::new(dg_x.view_mut());
+            let dg_h_gru = dg_h_gru.as_mut().map(|d| SharedMatrix::new(d.view_mut()));
+            let dg_h = dg_h_gru.as_ref().unwrap_or(&dg_x);
+            let dh_shared = SharedMatrix::new(dstate.h.view_mut());
+            let dc_shared = dstate.c.as_mut().map(|c| SharedMatrix::new(c.view_mut()));
+            self.team.run(blocks.len(), |k, barrier| {
+                let units = blocks[k].clone();
+                let gate_cols = gates * units.start..gates * units.end;
+                let saved_cols = saved_width * units.start..saved_width * units.end;
+                let w = PackedMatrix::new(w_hh.slice(s![.., units.clone()]));
+                // SAFETY (all blocks below): a worker writes only its own units' columns; it
+                // reads the other workers' columns of a step's dg only after the barrier that
+                // follows their writes, and no row of dg is written twice.
+                let mut dh = unsafe { dh_shared.block(0..b, units.clone()) }.to_owned();
+                let mut dc = dc_shared
+                    .as_ref()
+                    .map(|dc| unsafe { dc.block(0..b, units.clone()) }.to_owned());
+                for t in self.steps.order(self.reverse).rev() {
+                    let rows = self.steps.rows(t);
+                    let kept = self.steps.any_masked(t).then(|| (dh.clone(), dc.clone()));
+                    dh += &dout.slice(s![rows.clone(), units.clone()]);
+                    let saved = tape.saved.slice(s![rows.clone(), saved_cols.clone()]);
+                    let mut dg_x_t = unsafe { dg_x.block_mut(rows.clone(), gate_cols.clone()) };
+                    let mut dg_h_t = dg_h_gru
+                        .as_ref()
+                        .map(|d| unsafe { d.block_mut(rows.clone(), gate_cols.clone()) });
+                    match (
+                        self.cell,
+                        dc.as_mut(),
+                        tape.c_prev.as_ref(),
+                        dg_h_t.as_mut(),
+                    ) {
+                        (CellKind::Rnn(nl), ..) => {
+                            rnn::step_backward(nl, saved, dh.view_mut(), dg_x_t.view_mut())
+                        }
+                        (CellKind::Lstm, Some(dc), Some(c_prev), _) => lstm::step_backward(
+                            saved,
+                            c_prev.slice(s![rows.clone(), units.clone()]),
+                            dh.view_mut(),
+                            dc.view_mut(),
+                            dg_x_t.view_mut(),
+                        ),
+                        (CellKind::Gru, _, _, Some(dg_h_t)) => gru::step_backward(
+                            saved,
+                            tape.h_prev.slice(s![rows.clone(), units.clone()]),
+                            dh.view_mut(),
+                            dg_x_t.view_mut(),
+                            dg_h_t.view_mut(),
+                        ),
+                        _ => unreachable!("state, tape and gradients are built for the cell"),
                     }
-                    dg_x.row_mut(rows.start + bi).fill(F::zero());
-                    if let Some(dg_h) = dg_h_gru.as_mut() {
-                        dg_h.row_mut(rows.start + bi).fill(F::zero());
+                    if let Some((dh_kept, dc_kept)) = kept {
+                        // Frozen step: gradients pass through unchanged, no gate gradient.
+                        for bi in self.steps.masked(t) {
+                            dh.row_mut(bi).assign(&dh_kept.row(bi));
+                            if let (Some(dc), Some(dc_kept)) = (dc.as_mut(), &dc_kept) {
+                                dc.row_mut(bi).assign(&dc_kept.row(bi));
+                            }
+                            dg_x_t.row_mut(bi).fill(F::zero());
+                            if let Some(dg_h_t) = dg_h_t.as_mut() {
+                                dg_h_t.row_mut(bi).fill(F::zero());
+                            }
+                        }
                     }
+                    barrier.wait();
+                    let dg_h_t = unsafe { dg_h.block(rows, 0..order.len()) };
+                    w.add_product(dg_h_t, dh.view_mut());
                 }
-            }
-            let dg_h_t = dg_h_gru.as_ref().unwrap_or(&dg_x).slice(s![rows, ..]);
-            w_hh.add_product(dg_h_t, &mut dstate.h);
+                unsafe { dh_shared.block_mut(0..b, units.clone()) }.assign(&dh);
+                if let (Some(dc_shared), Some(dc)) = (&dc_shared, &dc) {
+                    unsafe { dc_shared.block_mut(0..b, units) }.assign(dc);
+                }
+            });
         }
+        // The weight gradients as products over all T·B rows, in block order, then each row
+        // back to its place in torch's order.
         let dg_h = dg_h_gru.as_ref().unwrap_or(&dg_x);
-        general_mat_mul(F::one(), &dg_x.t(), &x, F::zero(), &mut grads.w_ih);
-        general_mat_mul(
-            F::one(),
-            &dg_h.t(),
-            &tape.h_prev,
-            F::zero(),
-            &mut grads.w_hh,
+        let mut dw_ih = Array2::zeros((order.len(), x.ncols()));
+        matmul(self.team, dg_x.t(), x, dw_ih.view_mut(), false);
+        let mut dw_hh = Array2::zeros((order.len(), hidden));
+        matmul(
+            self.team,
+            dg_h.t(),
+            tape.h_prev.view(),
+            dw_hh.view_mut(),
+            false,
         );
-        if let Some(db) = grads.b_ih.as_mut() {
-            db.assign(&dg_x.sum_axis(Axis(0)));
+        let db_ih = dg_x.sum_axis(Axis(0));
+        let db_hh = dg_h.sum_axis(Axis(0));
+        for (j, &row) in order.iter().enumerate() {
+            grads.w_ih.row_mut(row).assign(&dw_ih.row(j));
+            grads.w_hh.row_mut(row).assign(&dw_hh.row(j));
+            if let Some(db) = grads.b_ih.as_mut() {
+                db[row] = db_ih[j];
+            }
+            if let Some(db) = grads.b_hh.as_mut() {
+                db[row] = db_hh[j];
+            }
         }
-        if let Some(db) = grads.b_hh.as_mut() {
-            db.assign(&dg_h.sum_axis(Axis(0)));
-        }
-        general_mat_mul(F::one(), &dg_x, &p.w_ih, F::one(), &mut dx);
+        let w_ih = p.w_ih.select(Axis(0), &order);
+        matmul(self.team, dg_x.view(), w_ih.view(), dx, true);
         dstate
     }
+}
+
+/// The gate rows of a layer (torch's order: gate-major, G·H) in block order: for each block of
+/// hidden units, its units' rows of gate 0, then of gate 1, and so on. A block's gate columns
+/// are then contiguous and laid out as a cell of its width expects them.
+fn block_gate_order(blocks: &[Range<usize>], gates: usize, hidden: usize) -> Vec<usize> {
+    blocks
+        .iter()
+        .flat_map(|units| (0..gates).flat_map(move |g| units.clone().map(move |u| g * hidden + u)))
+        .collect()
 }
 
 /// A sequence tensor as seq-major rows (T·B, F), permuting (B, T, F) when batch_first.
@@ -360,6 +467,7 @@ fn state_slice<F: Scalar>(
 
 /// Forward over all layers and directions; records a tape when `train`.
 pub(super) fn run_forward<F: Scalar>(
+    team: &Team,
     params: &RnnParams<F>,
     batch: &SequenceBatch<'_, F>,
     train: bool,
@@ -371,6 +479,7 @@ pub(super) fn run_forward<F: Scalar>(
     let cell = config.cell;
     let states = config.num_layers * d;
     let steps = Steps::new(t, b, batch.lengths);
+    let blocks = team.blocks(hidden);
     let mut h_n = Array3::zeros((states, b, hidden));
     let mut c_n = cell
         .has_cell_state()
@@ -382,7 +491,7 @@ pub(super) fn run_forward<F: Scalar>(
         let mut out = Array2::zeros((t * b, d * hidden));
         for dir in 0..d {
             let index = layer * d + dir;
-            let direction = Direction::new(params, &steps, layer, dir);
+            let direction = Direction::new(team, params, &steps, layer, dir);
             let initial = State::select(
                 cell,
                 batch.h0.as_ref(),
@@ -390,9 +499,9 @@ pub(super) fn run_forward<F: Scalar>(
                 index,
                 (b, hidden),
             );
-            let mut tape = train.then(|| DirectionTape::new(cell, hidden, t * b));
+            let mut tape = train.then(|| DirectionTape::new(cell, hidden, t * b, blocks.clone()));
             let out_dir = out.slice_mut(s![.., dir * hidden..(dir + 1) * hidden]);
-            let last = direction.forward(x.view(), initial, out_dir, tape.as_mut());
+            let last = direction.forward(&blocks, x.view(), initial, out_dir, tape.as_mut());
             h_n.index_axis_mut(Axis(0), index).assign(&last.h);
             if let (Some(c_n), Some(c)) = (c_n.as_mut(), &last.c) {
                 c_n.index_axis_mut(Axis(0), index).assign(c);
@@ -422,6 +531,7 @@ pub(super) fn run_forward<F: Scalar>(
 
 /// Backward through time over all layers and directions.
 pub(super) fn run_backward<F: Scalar>(
+    team: &Team,
     params: &RnnParams<F>,
     tape: &Tape<F>,
     upstream: &UpstreamGrads<'_, F>,
@@ -440,6 +550,17 @@ pub(super) fn run_backward<F: Scalar>(
     let cell = config.cell;
     let states = config.num_layers * d;
     let steps = Steps::new(t, b, tape.lengths.as_deref());
+    // The backward's workers take the forward's blocks: a thread each, even if the thread
+    // count was lowered in between.
+    let workers = tape.directions.iter().map(|d| d.blocks.len()).max();
+    let wider;
+    let team = match workers {
+        Some(workers) if workers > team.threads() => {
+            wider = Team::with_threads(workers)?;
+            &wider
+        }
+        _ => team,
+    };
     let mut grads = RnnParams::zeros(config)?;
     let mut dh0 = Array3::zeros((states, b, hidden));
     let mut dc0 = cell
@@ -452,7 +573,7 @@ pub(super) fn run_backward<F: Scalar>(
         let mut dx = Array2::zeros(x.dim());
         for dir in 0..d {
             let index = layer * d + dir;
-            let direction = Direction::new(params, &steps, layer, dir);
+            let direction = Direction::new(team, params, &steps, layer, dir);
             let final_grad = State::select(
                 cell,
                 upstream.h_n.as_ref(),
@@ -481,4 +602,122 @@ pub(super) fn run_backward<F: Scalar>(
         h0: dh0,
         c0: dc0,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{run_backward, run_forward};
+    use crate::batch::{SequenceBatch, UpstreamGrads};
+    use crate::config::{CellKind, Nonlinearity, RnnConfig};
+    use crate::cpu::threads::Team;
+    use crate::params::RnnParams;
+    use crate::scalar::Scalar;
+    use ndarray::{Array, Array3, ShapeBuilder};
+    use rand::{RngExt, SeedableRng};
+
+    fn uniform<F: Scalar, Sh: ShapeBuilder>(
+        rng: &mut rand::rngs::StdRng,
+        shape: Sh,
+    ) -> Array<F, Sh::Dim> {
+        Array::from_shape_simple_fn(shape, || F::from_f64(rng.random_range(-1.0..1.0)))
+    }
+
+    /// Every output and gradient of a forward + backward on `threads` threads, flattened, in
+    /// f64. Two layers, bidirectional, sequence 1 shorter than the others.
+    fn run<F: Scalar>(
+        cell: CellKind,
+        (t, b, h): (usize, usize, usize),
+        threads: usize,
+    ) -> Vec<f64> {
+        let config = RnnConfig::new(cell, 5, h).layers(2).bidirectional(true);
+        let mut rng = rand::rngs::StdRng::seed_from_u64(7);
+        let params = RnnParams::<f64>::init(&config, 3).unwrap().cast::<F>();
+        let states = (4, b, h);
+        let input: Array3<F> = uniform(&mut rng, (t, b, 5));
+        let (h0, c0): (Array3<F>, Array3<F>) =
+            (uniform(&mut rng, states), uniform(&mut rng, states));
+        let g_out: Array3<F> = uniform(&mut rng, (t, b, 2 * h));
+        let (g_h, g_c): (Array3<F>, Array3<F>) =
+            (uniform(&mut rng, states), uniform(&mut rng, states));
+        let lengths: Vec<usize> = (0..b).map(|i| if i == 1 { t - 1 } else { t }).collect();
+        let mut batch = SequenceBatch::new(input.view())
+            .h0(h0.view())
+            .lengths(&lengths);
+        let mut upstream = UpstreamGrads::new(g_out.view()).h_n(g_h.view());
+        if cell == CellKind::Lstm {
+            batch = batch.c0(c0.view());
+            upstream = upstream.c_n(g_c.view());
+        }
+        let team = Team::with_threads(threads).unwrap();
+        let (out, tape) = run_forward(&team, &params, &batch, true).unwrap();
+        let tape = tape.unwrap();
+        // Backward on fewer threads than the forward's blocks: it takes as many as it needs.
+        let one = Team::with_threads(1).unwrap();
+        let grads = run_backward(&one, &params, &tape, &upstream).unwrap();
+        let (inference, _) = run_forward(&team, &params, &batch, false).unwrap();
+        assert_eq!(
+            inference.output, out.output,
+            "inference and training forward agree"
+        );
+        let mut all: Vec<F> = Vec::new();
+        for a in [&out.output, &out.h_n, &grads.input, &grads.h0] {
+            all.extend(a.iter());
+        }
+        for a in out.c_n.iter().chain(&grads.c0) {
+            all.extend(a.iter());
+        }
+        for (_, a) in grads.params.named() {
+            all.extend(a.iter());
+        }
+        all.into_iter().map(Scalar::to_f64).collect()
+    }
+
+    /// (‖a − b‖ / ‖b‖, max |a − b|).
+    fn errors(a: &[f64], b: &[f64]) -> (f64, f64) {
+        assert_eq!(a.len(), b.len());
+        let d = a
+            .iter()
+            .zip(b)
+            .map(|(x, y)| (x - y).powi(2))
+            .sum::<f64>()
+            .sqrt();
+        let n = b.iter().map(|y| y * y).sum::<f64>().sqrt();
+        let max = a
+            .iter()
+            .zip(b)
+            .map(|(x, y)| (x - y).abs())
+            .fold(0.0, f64::max);
+        (d / n, max)
+    }
+
+    /// The workers' blocks of hidden units (1, 2 or 3 of them at these sizes, of odd widths;
+    /// the backward called with a team of one thread) give what one thread gives: in f64 to rounding, in f32 within f32 rounding of the f64
+    /// one-thread run.
+    #[test]
+    fn every_thread_count_matches_one_thread() {
+        let cells = [
+            CellKind::Rnn(Nonlinearity::Tanh),
+            CellKind::Lstm,
+            CellKind::Gru,
+        ];
+        for cell in cells {
+            for h in [1, 3, 33, 257] {
+                for b in [1, 3] {
+                    let size = (4, b, h);
+                    let reference = run::<f64>(cell, size, 1);
+                    assert!(reference.iter().all(|v| v.is_finite()));
+                    for threads in [2, 3] {
+                        let what = format!("{cell:?} H={h} B={b} on {threads} threads");
+                        let (rel, max) = errors(&run::<f64>(cell, size, threads), &reference);
+                        assert!(
+                            rel < 1e-14 && max < 1e-13,
+                            "{what}, f64: {rel:.2e} {max:.2e}"
+                        );
+                        let (rel, max) = errors(&run::<f32>(cell, size, threads), &reference);
+                        assert!(rel < 1e-6 && max < 1e-5, "{what}, f32: {rel:.2e} {max:.2e}");
+                    }
+                }
+            }
+        }
+    }
 }

@@ -853,7 +853,7 @@ fn two_digits(v: f64) -> String {
     }
 }
 
-/// CPU model name and thread count, from /proc/cpuinfo where available.
+/// CPU model name, from /proc/cpuinfo where available, and the CPU path's thread count.
 fn cpu_name() -> String {
     let model = std::fs::read_to_string("/proc/cpuinfo")
         .ok()
@@ -864,7 +864,7 @@ fn cpu_name() -> String {
                 .map(|(_, name)| name.trim().to_string())
         })
         .unwrap_or_else(|| std::env::consts::ARCH.to_string());
-    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let threads = cpu::num_threads().map_or_else(|e| e.to_string(), |n| n.to_string());
     format!("{model} ({threads} threads)")
 }
 
