@@ -601,7 +601,7 @@ impl Stream {
 /// `device=None` picks it).
 #[pyfunction]
 fn adapters(py: Python<'_>) -> PyResult<Vec<Bound<'_, PyDict>>> {
-    let summaries = detached(py, || Ok(enumerate_adapters(&GpuOptions::default())))?;
+    let summaries = detached(py, || enumerate_adapters(&GpuOptions::default()))?;
     summaries
         .into_iter()
         .map(|summary| {

@@ -50,12 +50,32 @@ impl Default for GpuOptions {
 }
 
 impl GpuOptions {
-    fn instance(&self) -> wgpu::Instance {
-        let mut desc = wgpu::InstanceDescriptor::new_without_display_handle_from_env();
+    /// The backends to search: `backends`, else those `WGPU_BACKEND` names, else all. A
+    /// `WGPU_BACKEND` that names no backend is an error, not an empty adapter list.
+    fn backends(&self) -> Result<wgpu::Backends> {
         if let Some(backends) = self.backends {
-            desc.backends = backends;
+            return Ok(backends);
         }
-        wgpu::Instance::new(desc)
+        match std::env::var("WGPU_BACKEND") {
+            Ok(value) if !value.trim().is_empty() => {
+                let backends = wgpu::Backends::from_comma_list(&value);
+                if backends.is_empty() {
+                    Err(RnnError::Config(format!(
+                        "WGPU_BACKEND=`{value}` names no backend (expected a comma list of \
+                         vulkan, metal, dx12, gl, webgpu)"
+                    )))
+                } else {
+                    Ok(backends)
+                }
+            }
+            _ => Ok(wgpu::Backends::all()),
+        }
+    }
+
+    fn instance(&self) -> Result<wgpu::Instance> {
+        let mut desc = wgpu::InstanceDescriptor::new_without_display_handle_from_env();
+        desc.backends = self.backends()?;
+        Ok(wgpu::Instance::new(desc))
     }
 
     fn name_filter(&self) -> Option<String> {
@@ -145,12 +165,12 @@ impl fmt::Display for AdapterSummary {
 }
 
 /// Every adapter visible under `opts`; the one [`GpuContext::with_options`] would pick is marked.
-pub fn enumerate_adapters(opts: &GpuOptions) -> Vec<AdapterSummary> {
-    let instance = opts.instance();
+pub fn enumerate_adapters(opts: &GpuOptions) -> Result<Vec<AdapterSummary>> {
+    let instance = opts.instance()?;
     let adapters = pollster::block_on(instance.enumerate_adapters(wgpu::Backends::all()));
     let infos: Vec<wgpu::AdapterInfo> = adapters.iter().map(|a| a.get_info()).collect();
     let picked = opts.pick(&infos);
-    adapters
+    Ok(adapters
         .iter()
         .zip(infos)
         .enumerate()
@@ -160,7 +180,7 @@ pub fn enumerate_adapters(opts: &GpuOptions) -> Vec<AdapterSummary> {
             features: adapter.features(),
             selected: picked == Some(index),
         })
-        .collect()
+        .collect())
 }
 
 /// A compute pipeline: shader source, entry point and `override` constants.
@@ -297,7 +317,7 @@ impl GpuContext {
     /// Picks an adapter as `opts` says and opens a device with the adapter's own limits and
     /// those of SUBGROUP, SHADER_F16, TIMESTAMP_QUERY(_INSIDE_PASSES), IMMEDIATES it offers.
     pub fn with_options(opts: &GpuOptions) -> Result<Self> {
-        let instance = opts.instance();
+        let instance = opts.instance()?;
         let adapters = pollster::block_on(instance.enumerate_adapters(wgpu::Backends::all()));
         let infos: Vec<wgpu::AdapterInfo> = adapters.iter().map(|a| a.get_info()).collect();
         let Some(index) = opts.pick(&infos) else {

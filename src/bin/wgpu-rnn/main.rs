@@ -190,7 +190,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
     match cli.command {
         Command::Info => {
             let opts = GpuOptions::default();
-            for adapter in enumerate_adapters(&opts) {
+            for adapter in enumerate_adapters(&opts)? {
                 println!("{adapter}");
             }
             Ok(ExitCode::SUCCESS)

@@ -354,3 +354,20 @@ fn gradflow_sizes_are_checked_before_allocation() {
         Expect::Fails(2, &["gradflow", "host memory"]),
     );
 }
+
+#[test]
+fn an_unknown_wgpu_backend_is_an_error_naming_it() {
+    let output = Command::new(env!("CARGO_BIN_EXE_wgpu-rnn"))
+        .arg("info")
+        .env("WGPU_BACKEND", "nonsense")
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&output.stdout) + String::from_utf8_lossy(&output.stderr);
+    assert!(
+        matches!(output.status.code(), Some(1 | 2)),
+        "{:?}: {text}",
+        output.status
+    );
+    assert!(text.contains("WGPU_BACKEND=`nonsense`"), "{text}");
+}
