@@ -587,12 +587,12 @@ impl Stream {
 
     /// Sets the state back to zero.
     fn reset(&self, py: Python<'_>) -> PyResult<()> {
-        detached(py, || {
-            match &mut *lock(&self.state) {
-                StreamState::Gpu(stream) => stream.reset(),
-                StreamState::Cpu(stream) => stream.reset(),
+        detached(py, || match &mut *lock(&self.state) {
+            StreamState::Gpu(stream) => stream.reset(),
+            StreamState::Cpu(stream) => {
+                stream.reset();
+                Ok(())
             }
-            Ok(())
         })
     }
 }
