@@ -130,7 +130,7 @@ def test_threads_run_concurrently_without_errors():
 def test_the_gil_is_released_during_a_call():
     """A Python thread keeps running while the main thread is inside a long call."""
     model = wgpu_rnn.LSTM(64, 64, device="cpu")
-    x = np.ones((300, 16, 64), np.float32)
+    x = np.ones((2000, 16, 64), np.float32)
     counter = [0]
     stop = threading.Event()
 
