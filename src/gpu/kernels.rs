@@ -4,7 +4,7 @@
 //! Every kernel reads its parameter struct ([`super::params`]) from binding 0, a uniform at a
 //! dynamic offset into the recording's parameter arena. That needs explicit bind group layouts
 //! (automatic layouts have no dynamic offsets); the pipelines come from the context's cache
-//! ([`GpuContext::dynamic_uniform_pipeline`]), shared by every model on it.
+//! (`GpuContext::dynamic_uniform_pipeline`), shared by every model on it.
 
 use std::sync::Arc;
 
@@ -92,7 +92,7 @@ pub(crate) const REDUCE_TILE: usize = 64;
 
 /// A compute pipeline with its explicit bind group layout: binding 0 its parameter struct
 /// (a uniform at a dynamic offset), bindings 1.. storage. Launched by a
-/// [`Recorder`](super::Recorder).
+/// [`Recorder`].
 #[derive(Debug)]
 pub struct Kernel {
     label: &'static str,

@@ -1,6 +1,6 @@
 //! GPU execution through wgpu.
 //!
-//! Data flow of one call, recorded by [`sequence`]'s driver (one for every cell):
+//! Data flow of one call, recorded by the sequence driver (`sequence.rs`, one for every cell):
 //! forward: x → input GEMM (all steps of a chunk at once) → per-step fused cell kernel → output,
 //! h_n, c_n; backward: upstream gradients → reverse per-step fused kernels (gate gradients,
 //! dh_{t-1}) → weight- and input-gradient GEMMs over all steps.

@@ -259,8 +259,8 @@ impl<'k> Recorder<'k> {
         Ok(self.recorded(uniform))
     }
 
-    /// Encodes and submits everything: the first [`FIRST_SUBMIT`] dispatches, then twice as
-    /// many per submit (at most [`GL_DISPATCHES_PER_SUBMIT`] on the GL backend).
+    /// Encodes and submits everything: the first `FIRST_SUBMIT` (16) dispatches, then twice as
+    /// many per submit (at most `GL_DISPATCHES_PER_SUBMIT` (256) on the GL backend).
     pub fn submit(self) -> Result<()> {
         let (_uniform, bind_groups) = self.prepare()?;
         let max = if self.ctx.adapter_info().backend == wgpu::Backend::Gl {

@@ -203,7 +203,7 @@ impl TrainKernels {
     }
 
     /// Global-norm clipping of the flat gradient buffer `grads` (torch's `clip_grad_norm_`):
-    /// the norm as [`TrainKernels::record_grad_norm`], then a scale by the coefficient.
+    /// the norm as `TrainKernels::record_grad_norm`, then a scale by the coefficient.
     /// `scratch.result` holds (norm, coefficient).
     pub fn record_clip_grad_norm<'k>(
         &'k self,
