@@ -463,40 +463,48 @@ fn size(arg: &str) -> std::result::Result<usize, String> {
     }
 }
 
-/// A finite number > 0 (clap reports the option's name with the error).
-fn positive_finite(arg: &str) -> std::result::Result<f64, String> {
-    let v: f64 = arg
+/// `arg` as a number for which `valid` holds; otherwise an error saying it `must be ...`
+/// (clap reports the option's name with the error).
+fn number_where<T>(
+    arg: &str,
+    valid: impl Fn(T) -> bool,
+    must_be: &str,
+) -> std::result::Result<T, String>
+where
+    T: std::str::FromStr + Copy,
+    T::Err: std::fmt::Display,
+{
+    let v: T = arg
         .parse()
         .map_err(|e| format!("`{arg}` is not a number: {e}"))?;
-    if v.is_finite() && v > 0.0 {
+    if valid(v) {
         Ok(v)
     } else {
-        Err(format!("must be a finite number > 0, got {arg}"))
+        Err(format!("must be {must_be}, got {arg}"))
     }
+}
+
+/// A finite number > 0.
+fn positive_finite(arg: &str) -> std::result::Result<f64, String> {
+    number_where(
+        arg,
+        |v: f64| v.is_finite() && v > 0.0,
+        "a finite number > 0",
+    )
 }
 
 /// A finite number ≥ 0.
 fn non_negative_finite(arg: &str) -> std::result::Result<f64, String> {
-    let v: f64 = arg
-        .parse()
-        .map_err(|e| format!("`{arg}` is not a number: {e}"))?;
-    if v.is_finite() && v >= 0.0 {
-        Ok(v)
-    } else {
-        Err(format!("must be a finite number >= 0 (0: off), got {arg}"))
-    }
+    number_where(
+        arg,
+        |v: f64| v.is_finite() && v >= 0.0,
+        "a finite number >= 0 (0: off)",
+    )
 }
 
 /// A probability in [0, 1).
 fn probability(arg: &str) -> std::result::Result<f32, String> {
-    let v: f32 = arg
-        .parse()
-        .map_err(|e| format!("`{arg}` is not a number: {e}"))?;
-    if (0.0..1.0).contains(&v) {
-        Ok(v)
-    } else {
-        Err(format!("must be in [0, 1), got {arg}"))
-    }
+    number_where(arg, |v: f32| (0.0..1.0).contains(&v), "in [0, 1)")
 }
 
 fn train_backend(arg: TrainBackendArg) -> Backend {
