@@ -1,8 +1,9 @@
 //! GRU cell as in torch, gates r, z, n:
 //! r = σ(x_r + h_r), z = σ(x_z + h_z), n = tanh(x_n + r ⊙ (W_hn h + b_hn)), h' = (1 − z) ⊙ n + z ⊙ h.
 
+use super::rows::{blocks, blocks_mut, row, row_kernel, row_mut};
 use crate::scalar::Scalar;
-use ndarray::{s, ArrayView2, ArrayViewMut2, Axis, Zip};
+use ndarray::{ArrayView2, ArrayViewMut2};
 
 /// Columns of the per-step saved activations, in units of H: r, z, n, W_hn h + b_hn.
 pub(super) const SAVED_BLOCKS: usize = 4;
@@ -12,32 +13,44 @@ pub(super) const SAVED_BLOCKS: usize = 4;
 pub(super) fn step<F: Scalar>(
     gx: ArrayView2<'_, F>,
     gh: ArrayView2<'_, F>,
-    h: ArrayViewMut2<'_, F>,
-    saved: ArrayViewMut2<'_, F>,
+    mut h: ArrayViewMut2<'_, F>,
+    mut saved: ArrayViewMut2<'_, F>,
 ) {
     let hs = h.ncols();
-    let (mut rz, rest) = saved.split_at(Axis(1), 2 * hs);
-    let (mut n, hn) = rest.split_at(Axis(1), hs);
-    let rz_cols = s![.., 0..2 * hs];
-    let n_cols = s![.., 2 * hs..3 * hs];
-    Zip::from(&mut rz)
-        .and(gx.slice(rz_cols))
-        .and(gh.slice(rz_cols))
-        .for_each(|a, &x, &r| *a = (x + r).sigmoid());
-    let (r, z) = rz.view().split_at(Axis(1), hs);
-    Zip::from(&mut n)
-        .and(hn)
-        .and(gx.slice(n_cols))
-        .and(gh.slice(n_cols))
-        .and(r)
-        .for_each(|n, hn, &x, &ghn, &r| {
-            *hn = ghn;
-            *n = (x + r * ghn).tanh_activation();
-        });
-    Zip::from(h)
-        .and(z)
-        .and(&n)
-        .for_each(|h, &z, &n| *h = (F::one() - z) * n + z * *h);
+    for r in 0..h.nrows() {
+        let [xr, xz, xn] = blocks(row(&gx, r), hs);
+        let [hr, hz, hn] = blocks(row(&gh, r), hs);
+        let [sr, sz, sn, shn] = blocks_mut(row_mut(&mut saved, r), hs);
+        step_row(row_mut(&mut h, r), xr, xz, xn, hr, hz, hn, sr, sz, sn, shn);
+    }
+}
+
+row_kernel! {
+    /// One row of [`step`].
+    fn step_row(
+        h: &mut [F],
+        xr: &[F],
+        xz: &[F],
+        xn: &[F],
+        hr: &[F],
+        hz: &[F],
+        hn: &[F],
+        sr: &mut [F],
+        sz: &mut [F],
+        sn: &mut [F],
+        shn: &mut [F],
+    ) {
+        let n = h.len();
+        let (xr, xz, xn, hr, hz, hn) = (&xr[..n], &xz[..n], &xn[..n], &hr[..n], &hz[..n], &hn[..n]);
+        let (sr, sz, sn, shn) = (&mut sr[..n], &mut sz[..n], &mut sn[..n], &mut shn[..n]);
+        for j in 0..n {
+            let r = (xr[j] + hr[j]).sigmoid();
+            let z = (xz[j] + hz[j]).sigmoid();
+            let n = (xn[j] + r * hn[j]).tanh_activation();
+            (sr[j], sz[j], sn[j], shn[j]) = (r, z, n, hn[j]);
+            h[j] = (F::one() - z) * n + z * h[j];
+        }
+    }
 }
 
 /// Step backward: from dh (B, H) writes the input-side gate gradients `dg_x` (B, 3H) and the
@@ -47,37 +60,61 @@ pub(super) fn step_backward<F: Scalar>(
     saved: ArrayView2<'_, F>,
     h_prev: ArrayView2<'_, F>,
     mut dh: ArrayViewMut2<'_, F>,
-    dg_x: ArrayViewMut2<'_, F>,
-    dg_h: ArrayViewMut2<'_, F>,
+    mut dg_x: ArrayViewMut2<'_, F>,
+    mut dg_h: ArrayViewMut2<'_, F>,
 ) {
     let hs = dh.ncols();
-    let one = F::one();
-    let block = |k: usize| saved.slice(s![.., k * hs..(k + 1) * hs]);
-    let (r, z, n, hn) = (block(0), block(1), block(2), block(3));
-    let (dx_rz, mut dx_n) = dg_x.split_at(Axis(1), 2 * hs);
-    let (mut dx_r, mut dx_z) = dx_rz.split_at(Axis(1), hs);
-    Zip::from(&mut dx_n)
-        .and(&mut dx_z)
-        .and(&dh)
-        .and(z)
-        .and(n)
-        .and(h_prev)
-        .for_each(|dn, dz, &dh, &z, &n, &hp| {
-            *dn = dh * (one - z) * (one - n * n);
-            *dz = dh * (hp - n) * z * (one - z);
-        });
-    Zip::from(&mut dx_r)
-        .and(&dx_n)
-        .and(hn)
-        .and(r)
-        .for_each(|dr, &dn, &hn, &r| *dr = dn * hn * r * (one - r));
-    let (mut dh_r, rest) = dg_h.split_at(Axis(1), hs);
-    let (mut dh_z, dh_n) = rest.split_at(Axis(1), hs);
-    dh_r.assign(&dx_r);
-    dh_z.assign(&dx_z);
-    Zip::from(dh_n)
-        .and(&dx_n)
-        .and(r)
-        .for_each(|d, &dn, &r| *d = dn * r);
-    Zip::from(&mut dh).and(z).for_each(|dh, &z| *dh *= z);
+    for r in 0..dh.nrows() {
+        let [sr, sz, sn, shn] = blocks(row(&saved, r), hs);
+        let [dx_r, dx_z, dx_n] = blocks_mut(row_mut(&mut dg_x, r), hs);
+        let [dh_r, dh_z, dh_n] = blocks_mut(row_mut(&mut dg_h, r), hs);
+        let h_prev = row(&h_prev, r);
+        step_backward_row(
+            row_mut(&mut dh, r),
+            h_prev,
+            sr,
+            sz,
+            sn,
+            shn,
+            dx_r,
+            dx_z,
+            dx_n,
+            dh_r,
+            dh_z,
+            dh_n,
+        );
+    }
+}
+
+row_kernel! {
+    /// One row of [`step_backward`].
+    fn step_backward_row(
+        dh: &mut [F],
+        h_prev: &[F],
+        r: &[F],
+        z: &[F],
+        n: &[F],
+        hn: &[F],
+        dx_r: &mut [F],
+        dx_z: &mut [F],
+        dx_n: &mut [F],
+        dh_r: &mut [F],
+        dh_z: &mut [F],
+        dh_n: &mut [F],
+    ) {
+        let len = dh.len();
+        let (h_prev, r, z, n, hn) = (&h_prev[..len], &r[..len], &z[..len], &n[..len], &hn[..len]);
+        let (dx_r, dx_z, dx_n) = (&mut dx_r[..len], &mut dx_z[..len], &mut dx_n[..len]);
+        let (dh_r, dh_z, dh_n) = (&mut dh_r[..len], &mut dh_z[..len], &mut dh_n[..len]);
+        let one = F::one();
+        for j in 0..len {
+            let (r, z, n) = (r[j], z[j], n[j]);
+            let dn = dh[j] * (one - z) * (one - n * n);
+            let dz = dh[j] * (h_prev[j] - n) * z * (one - z);
+            let dr = dn * hn[j] * r * (one - r);
+            (dx_r[j], dx_z[j], dx_n[j]) = (dr, dz, dn);
+            (dh_r[j], dh_z[j], dh_n[j]) = (dr, dz, dn * r);
+            dh[j] *= z;
+        }
+    }
 }

@@ -1,8 +1,9 @@
 //! LSTM cell with torch's gate order i, f, g, o:
 //! c' = f ⊙ c + i ⊙ g, h' = o ⊙ tanh(c').
 
+use super::rows::{blocks, blocks_mut, row, row_kernel, row_mut};
 use crate::scalar::Scalar;
-use ndarray::{s, ArrayView2, ArrayViewMut2, Axis, Zip};
+use ndarray::{ArrayView2, ArrayViewMut2};
 
 /// Columns of the per-step saved activations, in units of H: i, f, g, o, tanh(c').
 pub(super) const SAVED_BLOCKS: usize = 5;
@@ -12,36 +13,56 @@ pub(super) const SAVED_BLOCKS: usize = 5;
 pub(super) fn step<F: Scalar>(
     gx: ArrayView2<'_, F>,
     gh: ArrayView2<'_, F>,
-    h: ArrayViewMut2<'_, F>,
+    mut h: ArrayViewMut2<'_, F>,
     mut c: ArrayViewMut2<'_, F>,
-    saved: ArrayViewMut2<'_, F>,
+    mut saved: ArrayViewMut2<'_, F>,
 ) {
     let hs = c.ncols();
-    let (mut gates, tanh_c) = saved.split_at(Axis(1), 4 * hs);
-    // The pre-activations, then each activation in a loop of its own, so that it vectorises.
-    Zip::from(&mut gates)
-        .and(gx)
-        .and(gh)
-        .for_each(|a, &x, &r| *a = x + r);
-    Zip::from(gates.slice_mut(s![.., ..2 * hs])).for_each(|a| *a = a.sigmoid());
-    Zip::from(gates.slice_mut(s![.., 2 * hs..3 * hs])).for_each(|a| *a = a.tanh_activation());
-    Zip::from(gates.slice_mut(s![.., 3 * hs..])).for_each(|a| *a = a.sigmoid());
-    let gates = gates.view();
-    let gate = |k: usize| gates.slice_move(s![.., k * hs..(k + 1) * hs]);
-    let (i, f, g, o) = (gate(0), gate(1), gate(2), gate(3));
-    Zip::from(&mut c)
-        .and(i)
-        .and(f)
-        .and(g)
-        .for_each(|c, &i, &f, &g| *c = f * *c + i * g);
-    Zip::from(h)
-        .and(tanh_c)
-        .and(&c)
-        .and(o)
-        .for_each(|h, tc, &c, &o| {
-            *tc = c.tanh_activation();
-            *h = o * *tc;
-        });
+    for r in 0..c.nrows() {
+        let [xi, xf, xg, xo] = blocks(row(&gx, r), hs);
+        let [ri, rf, rg, ro] = blocks(row(&gh, r), hs);
+        let [si, sf, sg, so, stc] = blocks_mut(row_mut(&mut saved, r), hs);
+        let (h, c) = (row_mut(&mut h, r), row_mut(&mut c, r));
+        step_row(h, c, xi, xf, xg, xo, ri, rf, rg, ro, si, sf, sg, so, stc);
+    }
+}
+
+row_kernel! {
+    /// One row of [`step`].
+    fn step_row(
+        h: &mut [F],
+        c: &mut [F],
+        xi: &[F],
+        xf: &[F],
+        xg: &[F],
+        xo: &[F],
+        ri: &[F],
+        rf: &[F],
+        rg: &[F],
+        ro: &[F],
+        si: &mut [F],
+        sf: &mut [F],
+        sg: &mut [F],
+        so: &mut [F],
+        stc: &mut [F],
+    ) {
+        let n = h.len();
+        let (c, xi, xf, xg, xo) = (&mut c[..n], &xi[..n], &xf[..n], &xg[..n], &xo[..n]);
+        let (ri, rf, rg, ro) = (&ri[..n], &rf[..n], &rg[..n], &ro[..n]);
+        let (si, sf, sg, so) = (&mut si[..n], &mut sf[..n], &mut sg[..n], &mut so[..n]);
+        let stc = &mut stc[..n];
+        for j in 0..n {
+            let i = (xi[j] + ri[j]).sigmoid();
+            let f = (xf[j] + rf[j]).sigmoid();
+            let g = (xg[j] + rg[j]).tanh_activation();
+            let o = (xo[j] + ro[j]).sigmoid();
+            let c_new = f * c[j] + i * g;
+            let tc = c_new.tanh_activation();
+            (si[j], sf[j], sg[j], so[j], stc[j]) = (i, f, g, o, tc);
+            c[j] = c_new;
+            h[j] = o * tc;
+        }
+    }
 }
 
 /// Step backward: from dh, dc (B, H) writes the gate pre-activation gradients `dg` (B, 4H),
@@ -52,40 +73,47 @@ pub(super) fn step_backward<F: Scalar>(
     c_prev: ArrayView2<'_, F>,
     mut dh: ArrayViewMut2<'_, F>,
     mut dc: ArrayViewMut2<'_, F>,
-    dg: ArrayViewMut2<'_, F>,
+    mut dg: ArrayViewMut2<'_, F>,
 ) {
     let hs = dh.ncols();
-    let one = F::one();
-    let block = |k: usize| saved.slice(s![.., k * hs..(k + 1) * hs]);
-    let (i, f, g, o, tanh_c) = (block(0), block(1), block(2), block(3), block(4));
-    let (mut di, rest) = dg.split_at(Axis(1), hs);
-    let (mut df, rest) = rest.split_at(Axis(1), hs);
-    let (mut dgg, mut d_o) = rest.split_at(Axis(1), hs);
-    Zip::from(&mut d_o)
-        .and(&mut dc)
-        .and(&dh)
-        .and(o)
-        .and(tanh_c)
-        .for_each(|d_o, dc, &dh, &o, &tc| {
-            *d_o = dh * tc * o * (one - o);
-            *dc += dh * o * (one - tc * tc);
-        });
-    Zip::from(&mut di)
-        .and(&mut dgg)
-        .and(&dc)
-        .and(i)
-        .and(g)
-        .for_each(|di, dgg, &dc, &i, &g| {
-            *di = dc * g * i * (one - i);
-            *dgg = dc * i * (one - g * g);
-        });
-    Zip::from(&mut df)
-        .and(&mut dc)
-        .and(c_prev)
-        .and(f)
-        .for_each(|df, dc, &cp, &f| {
-            *df = *dc * cp * f * (one - f);
-            *dc *= f;
-        });
-    dh.fill(F::zero());
+    for r in 0..dh.nrows() {
+        let [i, f, g, o, tc] = blocks(row(&saved, r), hs);
+        let [di, df, dgg, d_o] = blocks_mut(row_mut(&mut dg, r), hs);
+        let (dh, dc, c_prev) = (row_mut(&mut dh, r), row_mut(&mut dc, r), row(&c_prev, r));
+        step_backward_row(dh, dc, c_prev, i, f, g, o, tc, di, df, dgg, d_o);
+    }
+}
+
+row_kernel! {
+    /// One row of [`step_backward`].
+    fn step_backward_row(
+        dh: &mut [F],
+        dc: &mut [F],
+        c_prev: &[F],
+        i: &[F],
+        f: &[F],
+        g: &[F],
+        o: &[F],
+        tc: &[F],
+        di: &mut [F],
+        df: &mut [F],
+        dgg: &mut [F],
+        d_o: &mut [F],
+    ) {
+        let n = dh.len();
+        let (dc, c_prev, i, f, g) = (&mut dc[..n], &c_prev[..n], &i[..n], &f[..n], &g[..n]);
+        let (o, tc) = (&o[..n], &tc[..n]);
+        let (di, df, dgg, d_o) = (&mut di[..n], &mut df[..n], &mut dgg[..n], &mut d_o[..n]);
+        let one = F::one();
+        for j in 0..n {
+            let (i, f, g, o, tc) = (i[j], f[j], g[j], o[j], tc[j]);
+            let dc_j = dc[j] + dh[j] * o * (one - tc * tc);
+            d_o[j] = dh[j] * tc * o * (one - o);
+            di[j] = dc_j * g * i * (one - i);
+            dgg[j] = dc_j * i * (one - g * g);
+            df[j] = dc_j * c_prev[j] * f * (one - f);
+            dc[j] = dc_j * f;
+            dh[j] = F::zero();
+        }
+    }
 }

@@ -8,7 +8,9 @@ mod gru;
 mod lstm;
 mod matmul;
 mod packed;
+mod pool;
 mod rnn;
+mod rows;
 mod sequence;
 mod threads;
 

@@ -1,41 +1,109 @@
 //! The per-step products of the recurrence, c += a · w for an a of few rows (the batch) and a
 //! weight matrix w used at every step. ndarray's product packs both operands on every call,
 //! which costs about as much as a product this small; on x86_64 with AVX2 and FMA, w is packed
-//! once instead and a register-blocked kernel streams through it. Elsewhere it is ndarray's
-//! product, as before.
+//! once, gathered straight from the layer's weights, and a register-blocked kernel streams
+//! through it. Elsewhere it is ndarray's product of the gathered copy.
 
+use super::pool;
 use crate::scalar::Scalar;
 use ndarray::linalg::general_mat_mul;
-use ndarray::{ArrayView2, ArrayViewMut2};
+use ndarray::{Array2, ArrayView2, ArrayViewMut2};
+use std::ops::Range;
 
-/// A weight matrix w (k, n) and, where the kernel runs, its packed copy.
-pub(super) struct PackedMatrix<'a, F> {
-    w: ArrayView2<'a, F>,
-    #[cfg(target_arch = "x86_64")]
-    panels: Option<Vec<F>>,
+/// A weight matrix w (k, n), packed for the kernel where it runs, else a plain copy.
+pub(super) struct PackedMatrix<F: Scalar> {
+    k: usize,
+    n: usize,
+    storage: Storage<F>,
 }
 
-impl<'a, F: Scalar> PackedMatrix<'a, F> {
-    pub(super) fn new(w: ArrayView2<'a, F>) -> Self {
+enum Storage<F: Scalar> {
+    #[cfg(target_arch = "x86_64")]
+    Panels(Vec<F>),
+    Plain(Array2<F>),
+}
+
+impl<F: Scalar> PackedMatrix<F> {
+    /// w = source[rows, :]ᵀ: (k, n) = (source columns, rows.len()); column j of w is row
+    /// `rows[j]` of `source`.
+    pub(super) fn transposed_rows(source: ArrayView2<'_, F>, rows: &[usize]) -> Self {
+        let (k, n) = (source.ncols(), rows.len());
+        Self::build(k, n, |put| {
+            for (j, &row) in rows.iter().enumerate() {
+                for (kk, &v) in source.row(row).iter().enumerate() {
+                    put(kk, j, v);
+                }
+            }
+        })
+    }
+
+    /// w = source[rows, cols]: (k, n) = (rows.len(), cols.len()).
+    pub(super) fn rows(source: ArrayView2<'_, F>, rows: &[usize], cols: Range<usize>) -> Self {
+        let (k, n) = (rows.len(), cols.len());
+        Self::build(k, n, |put| {
+            for (kk, &row) in rows.iter().enumerate() {
+                let row = source.row(row);
+                for (j, &v) in row.slice(ndarray::s![cols.clone()]).iter().enumerate() {
+                    put(kk, j, v);
+                }
+            }
+        })
+    }
+
+    /// Packs the (k, n) matrix whose every element `fill` puts once, as put(kk, j, value).
+    fn build(k: usize, n: usize, fill: impl FnOnce(&mut dyn FnMut(usize, usize, F))) -> Self {
+        #[cfg(target_arch = "x86_64")]
+        if avx2::available::<F>() {
+            let nr = avx2::panel_width::<F>();
+            let len = n.div_ceil(nr) * k * nr;
+            let mut panels = pool::take(len).unwrap_or_default();
+            panels.clear();
+            panels.resize(len, F::zero());
+            fill(&mut |kk, j, v| panels[(j / nr * k + kk) * nr + j % nr] = v);
+            return PackedMatrix {
+                k,
+                n,
+                storage: Storage::Panels(panels),
+            };
+        }
+        let mut plain = Array2::zeros((k, n));
+        fill(&mut |kk, j, v| plain[[kk, j]] = v);
         PackedMatrix {
-            #[cfg(target_arch = "x86_64")]
-            panels: avx2::available::<F>().then(|| avx2::pack(w)),
-            w,
+            k,
+            n,
+            storage: Storage::Plain(plain),
         }
     }
 
     /// c += a · w for a (m, k) and c (m, n).
     pub(super) fn add_product(&self, a: ArrayView2<'_, F>, mut c: ArrayViewMut2<'_, F>) {
-        #[cfg(target_arch = "x86_64")]
-        if let Some(panels) = &self.panels {
-            let [row_stride, col_stride] = [c.strides()[0], c.strides()[1]];
-            if (c.ncols() <= 1 || col_stride == 1)
-                && (c.nrows() <= 1 || row_stride >= c.ncols() as isize)
-            {
-                return avx2::add_product(panels, self.w.dim(), a, c);
+        assert_eq!(a.ncols(), self.k, "a is (m, k)");
+        assert_eq!(c.dim(), (a.nrows(), self.n), "c is (m, n)");
+        match &self.storage {
+            #[cfg(target_arch = "x86_64")]
+            Storage::Panels(panels) => {
+                let [row_stride, col_stride] = [c.strides()[0], c.strides()[1]];
+                if (c.ncols() <= 1 || col_stride == 1)
+                    && (c.nrows() <= 1 || row_stride >= c.ncols() as isize)
+                {
+                    return avx2::add_product(panels, (self.k, self.n), a, c);
+                }
+                // A c of another layout (only in tests): the product in place of a copy.
+                let mut copy = c.as_standard_layout().into_owned();
+                avx2::add_product(panels, (self.k, self.n), a, copy.view_mut());
+                c.assign(&copy);
             }
+            Storage::Plain(w) => general_mat_mul(F::one(), &a, w, F::one(), &mut c),
         }
-        general_mat_mul(F::one(), &a, &self.w, F::one(), &mut c);
+    }
+}
+
+impl<F: Scalar> Drop for PackedMatrix<F> {
+    fn drop(&mut self) {
+        #[cfg(target_arch = "x86_64")]
+        if let Storage::Panels(panels) = &mut self.storage {
+            pool::recycle_vec(std::mem::take(panels));
+        }
     }
 }
 
@@ -46,8 +114,8 @@ mod avx2 {
     use std::any::TypeId;
     use std::arch::x86_64::*;
 
-    /// Rows of a tile at most: 4 rows × 2 registers = 8 accumulators.
-    const MR: usize = 4;
+    /// Rows of a tile at most: 6 rows × 2 registers = 12 accumulators.
+    const MR: usize = 6;
 
     /// Whether the kernel runs here for F.
     pub(super) fn available<F: 'static>() -> bool {
@@ -58,41 +126,14 @@ mod avx2 {
     }
 
     /// Columns of a panel: two 256-bit registers of F.
-    const fn panel_width<F>() -> usize {
+    pub(super) const fn panel_width<F>() -> usize {
         64 / size_of::<F>()
     }
 
-    /// w (k, n) as ⌈n / NR⌉ row-major (k, NR) panels of NR = [`panel_width`] columns, the last
-    /// one zero-padded.
-    pub(super) fn pack<F: Scalar>(w: ArrayView2<'_, F>) -> Vec<F> {
-        let (k, n) = w.dim();
-        let nr = panel_width::<F>();
-        let mut panels = vec![F::zero(); n.div_ceil(nr) * k * nr];
-        let at = |kk: usize, j: usize| (j / nr * k + kk) * nr + j % nr;
-        // In w's memory order: by columns for w_hh's transpose, else by rows.
-        let w_t = w.t();
-        if let Some(columns) = w_t.as_slice() {
-            for (j, column) in columns.chunks_exact(k).enumerate() {
-                for (kk, &v) in column.iter().enumerate() {
-                    panels[at(kk, j)] = v;
-                }
-            }
-        } else {
-            let w = w.as_standard_layout();
-            let rows = w
-                .as_slice()
-                .unwrap_or_else(|| unreachable!("standard layout"));
-            for (kk, row) in rows.chunks_exact(n).enumerate() {
-                for (j, &v) in row.iter().enumerate() {
-                    panels[at(kk, j)] = v;
-                }
-            }
-        }
-        panels
-    }
-
     /// c += a · w for a (m, k), c (m, n) with unit column stride and a row stride of at least
-    /// n, and w (k, n) packed by [`pack`]; F is f32 or f64 and the CPU has AVX2 and FMA ([`available`]).
+    /// n, and w (k, n) packed as ⌈n / NR⌉ row-major (k, NR) panels of NR = [`panel_width`]
+    /// columns, the last one zero-padded; F is f32 or f64 and the CPU has AVX2 and FMA
+    /// ([`available`]).
     pub(super) fn add_product<F: Scalar>(
         panels: &[F],
         (k, n): (usize, usize),
@@ -100,9 +141,7 @@ mod avx2 {
         mut c: ArrayViewMut2<'_, F>,
     ) {
         let m = c.nrows();
-        assert_eq!(a.dim(), (m, k), "a is (m, k)");
-        assert_eq!(c.ncols(), n, "c is (m, n)");
-        if m == 0 || n == 0 {
+        if m == 0 || n == 0 || k == 0 {
             return;
         }
         let ldc = if m == 1 { n } else { c.strides()[0] as usize };
@@ -110,16 +149,17 @@ mod avx2 {
         let a = a
             .as_slice()
             .unwrap_or_else(|| unreachable!("standard-layout arrays are slices"));
+        assert!(panels.len() >= n.div_ceil(panel_width::<F>()) * k * panel_width::<F>());
         // SAFETY: c's rows lie at multiples of ldc from its first element, n elements each.
         let c = unsafe { std::slice::from_raw_parts_mut(c.as_mut_ptr(), (m - 1) * ldc + n) };
         let f = TypeId::of::<F>();
-        // SAFETY: each branch reinterprets F as the type it is, and `available` checked the
-        // features the kernel is compiled for.
+        // SAFETY: each branch reinterprets F as the type it is, `available` checked the
+        // features the kernel is compiled for, and the slices hold what `product` reads.
         unsafe {
             if f == TypeId::of::<f32>() {
-                product::<__m256>(retype(panels), (k, n, ldc), retype(a), retype_mut(c));
+                product::<__m256>(retype(panels), (m, k, n, ldc), retype(a), retype_mut(c));
             } else if f == TypeId::of::<f64>() {
-                product::<__m256d>(retype(panels), (k, n, ldc), retype(a), retype_mut(c));
+                product::<__m256d>(retype(panels), (m, k, n, ldc), retype(a), retype_mut(c));
             } else {
                 unreachable!("the kernel is only packed for f32 and f64");
             }
@@ -212,72 +252,109 @@ mod avx2 {
     }
 
     /// c (m, n, row stride ldc) += a (m, k) · the panels, panel by panel, in tiles of up to
-    /// [`MR`] rows.
+    /// [`MR`] rows. Tiles of one or two rows split k over more accumulators, so that the FMA
+    /// latency is hidden at batch 1 and 2 too.
+    ///
+    /// # Safety
+    /// The CPU has AVX2 and FMA; `panels` holds ⌈n / NR⌉ panels of k·NR, `a` m·k and `c`
+    /// (m − 1)·ldc + n elements.
     #[target_feature(enable = "avx2,fma")]
-    fn product<V: Register>(
+    unsafe fn product<V: Register>(
         panels: &[V::Lane],
-        (k, n, ldc): (usize, usize, usize),
+        (m, k, n, ldc): (usize, usize, usize, usize),
         a: &[V::Lane],
         c: &mut [V::Lane],
     ) {
-        let (m, nr) = (a.len() / k, 2 * V::LANES);
-        for (p, panel) in panels.chunks_exact(k * nr).enumerate() {
+        let nr = 2 * V::LANES;
+        let (a, c, panels) = (a.as_ptr(), c.as_mut_ptr(), panels.as_ptr());
+        for p in 0..n.div_ceil(nr) {
             let (j0, cols) = (p * nr, nr.min(n - p * nr));
-            for i in (0..m).step_by(MR) {
+            // SAFETY (all below): the tiles read rows i..i + rows of a, panel p, and write
+            // rows i..i + rows, columns j0..j0 + cols of c, all within the caller's bounds.
+            let panel = unsafe { panels.add(p * k * nr) };
+            let mut i = 0;
+            while i < m {
                 let rows = MR.min(m - i);
-                let (a, c) = (&a[i * k..(i + rows) * k], &mut c[i * ldc + j0..]);
-                // SAFETY: this function's features are the tile's.
+                let tile = Tile {
+                    a: unsafe { a.add(i * k) },
+                    k,
+                    panel,
+                    c: unsafe { c.add(i * ldc + j0) },
+                    ldc,
+                    cols,
+                };
                 unsafe {
                     match rows {
-                        4 => tile::<V, 4>(a, panel, c, ldc, cols),
-                        3 => tile::<V, 3>(a, panel, c, ldc, cols),
-                        2 => tile::<V, 2>(a, panel, c, ldc, cols),
-                        _ => tile::<V, 1>(a, panel, c, ldc, cols),
+                        6 => tile.run::<V, 6, 1>(),
+                        5 => tile.run::<V, 5, 1>(),
+                        4 => tile.run::<V, 4, 1>(),
+                        3 => tile.run::<V, 3, 1>(),
+                        2 => tile.run::<V, 2, 3>(),
+                        _ => tile.run::<V, 1, 4>(),
                     }
                 }
+                i += rows;
             }
         }
     }
 
-    /// c[..R, ..cols] += a (R, k) · panel (k, 2·LANES), c with row stride `ldc`.
-    #[inline(always)]
-    unsafe fn tile<V: Register, const R: usize>(
-        a: &[V::Lane],
-        panel: &[V::Lane],
-        c: &mut [V::Lane],
+    /// One tile: c[..R, ..cols] += a (R, k) · panel (k, 2·LANES), c with row stride `ldc`.
+    struct Tile<L> {
+        a: *const L,
+        k: usize,
+        panel: *const L,
+        c: *mut L,
         ldc: usize,
         cols: usize,
-    ) {
-        let (k, nr) = (a.len() / R, 2 * V::LANES);
-        let rows: [&[V::Lane]; R] = std::array::from_fn(|r| &a[r * k..(r + 1) * k]);
-        // SAFETY (all blocks): loads and stores stay within the slices sliced just before.
-        let mut acc = [[unsafe { V::zero() }; 2]; R];
-        for kk in 0..k {
-            let w = &panel[kk * nr..(kk + 1) * nr];
-            let (w0, w1) = unsafe { (V::load(w.as_ptr()), V::load(w[V::LANES..].as_ptr())) };
-            for r in 0..R {
-                let x = unsafe { V::splat(rows[r][kk]) };
-                acc[r] = unsafe { [x.mul_add(w0, acc[r][0]), x.mul_add(w1, acc[r][1])] };
+    }
+
+    impl<L: Copy + Default + std::ops::AddAssign> Tile<L> {
+        /// R rows, with KU sets of accumulators that take every KU-th k and are summed at the
+        /// end.
+        ///
+        /// # Safety
+        /// As for [`product`]; inlined into it, so the kernel runs with its features.
+        #[inline(always)]
+        unsafe fn run<V: Register<Lane = L>, const R: usize, const KU: usize>(&self) {
+            let (k, nr) = (self.k, 2 * V::LANES);
+            // SAFETY (all blocks): reads stay within the R rows of a and the panel's k·NR
+            // lanes, writes within the tile of c.
+            let mut acc = [[[unsafe { V::zero() }; 2]; R]; KU];
+            let mut kk = 0;
+            while kk < k {
+                // KU steps of k at a time, one set of accumulators each; the rest into set 0.
+                let (sets, steps) = if kk + KU <= k { (KU, KU) } else { (1, 1) };
+                for (u, acc) in acc.iter_mut().enumerate().take(sets) {
+                    let kk = kk + u;
+                    unsafe {
+                        let w = self.panel.add(kk * nr);
+                        let (w0, w1) = (V::load(w), V::load(w.add(V::LANES)));
+                        for (r, acc) in acc.iter_mut().enumerate() {
+                            let x = V::splat(*self.a.add(r * k + kk));
+                            *acc = [x.mul_add(w0, acc[0]), x.mul_add(w1, acc[1])];
+                        }
+                    }
+                }
+                kk += steps;
             }
-        }
-        for (r, [s0, s1]) in acc.into_iter().enumerate() {
-            let c = &mut c[r * ldc..];
-            if cols == nr {
-                let c = &mut c[..nr];
-                unsafe {
-                    V::load(c.as_ptr()).add(s0).store(c.as_mut_ptr());
-                    V::load(c[V::LANES..].as_ptr())
-                        .add(s1)
-                        .store(c[V::LANES..].as_mut_ptr());
+            for r in 0..R {
+                let [mut s0, mut s1] = acc[0][r];
+                for acc in &acc[1..] {
+                    unsafe { (s0, s1) = (s0.add(acc[r][0]), s1.add(acc[r][1])) };
                 }
-            } else {
-                let mut sums = [V::Lane::default(); 16]; // 16 ≥ 2·LANES
+                let c = unsafe { self.c.add(r * self.ldc) };
                 unsafe {
-                    s0.store(sums.as_mut_ptr());
-                    s1.store(sums[V::LANES..].as_mut_ptr());
-                }
-                for (c, &s) in c.iter_mut().zip(&sums[..cols]) {
-                    *c += s;
+                    if self.cols == nr {
+                        V::load(c).add(s0).store(c);
+                        V::load(c.add(V::LANES)).add(s1).store(c.add(V::LANES));
+                    } else {
+                        let mut sums = [L::default(); 16]; // 16 ≥ 2·LANES
+                        s0.store(sums.as_mut_ptr());
+                        s1.store(sums.as_mut_ptr().add(V::LANES));
+                        for (j, &s) in sums[..self.cols].iter().enumerate() {
+                            *c.add(j) += s;
+                        }
+                    }
                 }
             }
         }
@@ -289,7 +366,7 @@ mod tests {
     use super::PackedMatrix;
     use crate::scalar::Scalar;
     use ndarray::linalg::general_mat_mul;
-    use ndarray::{s, Array2, ShapeBuilder};
+    use ndarray::{s, Array2, Axis, ShapeBuilder};
 
     /// Multiples of 1/8 in [−5/8, 5/8]: every product and sum below is exact in f32, so any
     /// order of summation gives the same result.
@@ -299,9 +376,10 @@ mod tests {
         })
     }
 
-    /// c += a · w against ndarray's product, over every remainder of the row tiles and the
-    /// panels, with w in row-major, column-major and strided layout, and c in row-major and
-    /// column-major layout and as a column block of a wider matrix (nothing outside it changes).
+    /// c += a · w against ndarray's product, over every remainder of the row tiles, the
+    /// k-split accumulators and the panels, with w gathered both ways from a larger matrix,
+    /// and c in row-major and column-major layout and as a column block of a wider matrix
+    /// (nothing outside it changes).
     fn matches_ndarray<F: Scalar>() {
         for (m, k, n) in [
             (1, 1, 1),
@@ -309,18 +387,32 @@ mod tests {
             (3, 5, 7),
             (5, 17, 33),
             (7, 9, 16),
+            (13, 7, 17),
             (16, 64, 40),
         ] {
             let a = eighths::<F>((m, k), 1);
-            let w = eighths::<F>((k, n), 2);
-            let w_col_major = w.t().as_standard_layout().into_owned();
-            let mut w_strided = Array2::zeros((k, 2 * n));
-            w_strided.slice_mut(s![.., ..;2]).assign(&w);
+            // Rows in a scrambled order, as the gate order gathers them.
+            let rows_k: Vec<usize> = (0..k).map(|i| (i * 5 + 3) % (k + 2)).collect();
+            let rows_n: Vec<usize> = (0..n).map(|j| (j * 7 + 1) % (n + 3)).collect();
+            let source = eighths::<F>((k + 2, n + 4), 2);
+            let source_t = eighths::<F>((n + 3, k), 5);
             let c = eighths::<F>((m, n), 3);
-            let mut want = c.clone();
-            general_mat_mul(F::one(), &a, &w, F::one(), &mut want);
-            for w in [w.view(), w_col_major.t(), w_strided.slice(s![.., ..;2])] {
-                let packed = PackedMatrix::new(w);
+            let cases = [
+                (
+                    PackedMatrix::rows(source.view(), &rows_k, 2..n + 2),
+                    source
+                        .select(Axis(0), &rows_k)
+                        .slice(s![.., 2..n + 2])
+                        .to_owned(),
+                ),
+                (
+                    PackedMatrix::transposed_rows(source_t.view(), &rows_n),
+                    source_t.select(Axis(0), &rows_n).reversed_axes(),
+                ),
+            ];
+            for (packed, w) in cases {
+                let mut want = c.clone();
+                general_mat_mul(F::one(), &a, &w, F::one(), &mut want);
                 let mut got = c.clone();
                 packed.add_product(a.view(), got.view_mut());
                 assert_eq!(got, want, "({m}, {k}, {n})");

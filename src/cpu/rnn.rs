@@ -1,72 +1,97 @@
 //! Elman RNN cell: h' = φ(x W_ihᵀ + b_ih + h W_hhᵀ + b_hh).
 
+use super::rows::{row, row_kernel, row_mut};
 use crate::config::Nonlinearity;
 use crate::scalar::Scalar;
-use ndarray::{ArrayView2, ArrayViewMut2, Zip};
+use ndarray::{ArrayView2, ArrayViewMut2};
 
 /// Columns of the per-step saved activations, in units of H: h'.
 pub(super) const SAVED_BLOCKS: usize = 1;
 
-/// dφ/da expressed through the activation's output y = φ(a).
-fn derivative_from_output<F: Scalar>(nonlinearity: Nonlinearity, y: F) -> F {
-    match nonlinearity {
-        Nonlinearity::Tanh => F::one() - y * y,
-        Nonlinearity::Relu => {
-            if y > F::zero() {
-                F::one()
-            } else {
-                F::zero()
-            }
-        }
-        Nonlinearity::Identity => F::one(),
-    }
-}
-
-/// One step: `h` (B, H) becomes h'; `saved` (B, H) keeps h'.
+/// One step: `h` (B, H) becomes h' = φ(gx + gh); `saved` (B, H) keeps h'.
 /// `gx`, `gh`: (B, H) input-side and hidden-side pre-activations (biases included).
 pub(super) fn step<F: Scalar>(
     nonlinearity: Nonlinearity,
     gx: ArrayView2<'_, F>,
     gh: ArrayView2<'_, F>,
-    h: ArrayViewMut2<'_, F>,
-    saved: ArrayViewMut2<'_, F>,
+    mut h: ArrayViewMut2<'_, F>,
+    mut saved: ArrayViewMut2<'_, F>,
 ) {
-    // A loop per nonlinearity, so that each inlines its φ and vectorises.
-    match nonlinearity {
-        Nonlinearity::Tanh => activate(gx, gh, h, saved, F::tanh_activation),
-        Nonlinearity::Relu => activate(gx, gh, h, saved, |a| a.max(F::zero())),
-        Nonlinearity::Identity => activate(gx, gh, h, saved, |a| a),
+    for r in 0..h.nrows() {
+        let (h, saved, x, g) = (
+            row_mut(&mut h, r),
+            row_mut(&mut saved, r),
+            row(&gx, r),
+            row(&gh, r),
+        );
+        // A kernel per nonlinearity, so that each inlines its φ.
+        match nonlinearity {
+            Nonlinearity::Tanh => tanh_row(h, saved, x, g),
+            Nonlinearity::Relu => relu_row(h, saved, x, g),
+            Nonlinearity::Identity => identity_row(h, saved, x, g),
+        }
     }
 }
 
-/// h' = φ(gx + gh), kept in `saved` too.
-fn activate<F: Scalar>(
-    gx: ArrayView2<'_, F>,
-    gh: ArrayView2<'_, F>,
-    h: ArrayViewMut2<'_, F>,
-    saved: ArrayViewMut2<'_, F>,
-    phi: impl Fn(F) -> F,
-) {
-    Zip::from(h)
-        .and(saved)
-        .and(gx)
-        .and(gh)
-        .for_each(|h, s, &x, &r| {
-            *h = phi(x + r);
-            *s = *h;
-        });
+/// Defines the row kernel of a nonlinearity φ: h' = φ(x + g), kept in `saved` too.
+macro_rules! activation_row {
+    ($name:ident, $phi:expr) => {
+        row_kernel! {
+            fn $name(h: &mut [F], saved: &mut [F], x: &[F], g: &[F]) {
+                let n = h.len();
+                let (saved, x, g) = (&mut saved[..n], &x[..n], &g[..n]);
+                let phi = $phi;
+                for j in 0..n {
+                    h[j] = phi(x[j] + g[j]);
+                    saved[j] = h[j];
+                }
+            }
+        }
+    };
 }
+activation_row!(tanh_row, |a: F| a.tanh_activation());
+activation_row!(relu_row, |a: F| a.max(F::zero()));
+activation_row!(identity_row, |a: F| a);
 
 /// Step backward: from dh (B, H) writes the pre-activation gradient `dg` (B, H), which is the
 /// same on the input and the hidden side, and leaves in `dh` the direct part of dh_prev (zero).
 pub(super) fn step_backward<F: Scalar>(
     nonlinearity: Nonlinearity,
     saved: ArrayView2<'_, F>,
-    dh: ArrayViewMut2<'_, F>,
-    dg: ArrayViewMut2<'_, F>,
+    mut dh: ArrayViewMut2<'_, F>,
+    mut dg: ArrayViewMut2<'_, F>,
 ) {
-    Zip::from(dg).and(dh).and(saved).for_each(|dg, dh, &y| {
-        *dg = *dh * derivative_from_output(nonlinearity, y);
-        *dh = F::zero();
-    });
+    for r in 0..dh.nrows() {
+        let (dh, dg, y) = (row_mut(&mut dh, r), row_mut(&mut dg, r), row(&saved, r));
+        match nonlinearity {
+            Nonlinearity::Tanh => tanh_gradient_row(dh, dg, y),
+            Nonlinearity::Relu => relu_gradient_row(dh, dg, y),
+            Nonlinearity::Identity => identity_gradient_row(dh, dg, y),
+        }
+    }
 }
+
+/// Defines the row kernel of a derivative φ'(a), given through the output y = φ(a):
+/// dg = dh ⊙ φ'(y), dh = 0.
+macro_rules! gradient_row {
+    ($name:ident, $derivative:expr) => {
+        row_kernel! {
+            fn $name(dh: &mut [F], dg: &mut [F], y: &[F]) {
+                let n = dh.len();
+                let (dg, y) = (&mut dg[..n], &y[..n]);
+                let derivative = $derivative;
+                for j in 0..n {
+                    dg[j] = dh[j] * derivative(y[j]);
+                    dh[j] = F::zero();
+                }
+            }
+        }
+    };
+}
+gradient_row!(tanh_gradient_row, |y: F| F::one() - y * y);
+gradient_row!(relu_gradient_row, |y: F| if y > F::zero() {
+    F::one()
+} else {
+    F::zero()
+});
+gradient_row!(identity_gradient_row, |_: F| F::one());

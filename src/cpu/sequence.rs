@@ -5,7 +5,7 @@
 use super::matmul::matmul;
 use super::packed::PackedMatrix;
 use super::threads::{SharedMatrix, Team};
-use super::{gru, lstm, rnn};
+use super::{gru, lstm, pool, rnn};
 use crate::batch::{check_params, ForwardOutput, Gradients, SequenceBatch, UpstreamGrads};
 use crate::config::{CellKind, RnnConfig};
 use crate::error::{Result, RnnError};
@@ -16,7 +16,7 @@ use std::ops::Range;
 
 /// What the backward pass needs from a training forward pass.
 #[derive(Clone, Debug)]
-pub struct Tape<F> {
+pub struct Tape<F: Scalar> {
     config: RnnConfig,
     seq_len: usize,
     batch: usize,
@@ -27,7 +27,7 @@ pub struct Tape<F> {
     directions: Vec<DirectionTape<F>>,
 }
 
-impl<F> Tape<F> {
+impl<F: Scalar> Tape<F> {
     /// (T, B) of the recorded forward call.
     pub fn dims(&self) -> (usize, usize) {
         (self.seq_len, self.batch)
@@ -36,7 +36,7 @@ impl<F> Tape<F> {
 
 /// Per-step records of one layer and direction; row t·B + b.
 #[derive(Clone, Debug)]
-struct DirectionTape<F> {
+struct DirectionTape<F: Scalar> {
     /// The blocks of hidden units the forward's workers took; `saved` is in their order.
     blocks: Vec<Range<usize>>,
     /// (T·B, H) hidden state entering step t
@@ -50,11 +50,31 @@ struct DirectionTape<F> {
 
 impl<F: Scalar> DirectionTape<F> {
     fn new(cell: CellKind, hidden: usize, rows: usize, blocks: Vec<Range<usize>>) -> Self {
+        // Every element is written by the forward before anything reads it.
         DirectionTape {
             blocks,
-            h_prev: Array2::zeros((rows, hidden)),
-            c_prev: cell.has_cell_state().then(|| Array2::zeros((rows, hidden))),
-            saved: Array2::zeros((rows, saved_blocks(cell) * hidden)),
+            h_prev: pool::scratch(rows, hidden),
+            c_prev: cell.has_cell_state().then(|| pool::scratch(rows, hidden)),
+            saved: pool::scratch(rows, saved_blocks(cell) * hidden),
+        }
+    }
+}
+
+impl<F: Scalar> Drop for DirectionTape<F> {
+    fn drop(&mut self) {
+        let take = |a: &mut Array2<F>| std::mem::replace(a, Array2::zeros((0, 0)));
+        pool::recycle(take(&mut self.h_prev));
+        pool::recycle(take(&mut self.saved));
+        if let Some(c_prev) = self.c_prev.as_mut() {
+            pool::recycle(take(c_prev));
+        }
+    }
+}
+
+impl<F: Scalar> Drop for Tape<F> {
+    fn drop(&mut self) {
+        for layer_input in self.layer_inputs.drain(..) {
+            pool::recycle(layer_input);
         }
     }
 }
@@ -83,6 +103,10 @@ impl<F: Scalar> State<F> {
         }
     }
 }
+
+/// Rows of x (steps × batch) per chunk of a forward's input projection: enough for the kernel
+/// to reuse each panel of W_ih, few enough for the chunk's pre-activations to stay in cache.
+const PROJECTION_ROWS: usize = 128;
 
 /// Time steps of a batch and which sequences are masked at each.
 struct Steps<'l> {
@@ -182,15 +206,7 @@ impl<'a, F: Scalar> Direction<'a, F> {
         let gates = p.w_hh.nrows() / hidden;
         let saved_width = saved_blocks(self.cell);
         let order = block_gate_order(blocks, gates, hidden);
-        // Input projection of all steps at once: (T·B, G·H), biases included.
-        let mut gx = Array2::zeros((x.nrows(), order.len()));
-        if let Some(bias) = &p.b_ih {
-            gx.assign(&bias.select(Axis(0), &order));
-        }
-        let w_ih = p.w_ih.select(Axis(0), &order);
-        matmul(self.team, x, w_ih.t(), gx.view_mut(), true);
-        let w_hh = p.w_hh.select(Axis(0), &order);
-        let b_hh = p.b_hh.as_ref().map(|bias| bias.select(Axis(0), &order));
+        let chunk = (PROJECTION_ROWS / b.max(1)).clamp(1, self.steps.seq_len.max(1));
         // h entering step s is in h_buffers[s % 2]; each worker writes its units of the other.
         let mut h_buffers = [state.h.clone(), state.h];
         let mut c_final = state.c;
@@ -213,8 +229,16 @@ impl<'a, F: Scalar> Direction<'a, F> {
                 let units = blocks[k].clone();
                 let gate_cols = gates * units.start..gates * units.end;
                 let saved_cols = saved_width * units.start..saved_width * units.end;
-                let w = PackedMatrix::new(w_hh.slice(s![gate_cols.clone(), ..]).reversed_axes());
-                let bias = b_hh.as_ref().map(|bias| bias.slice(s![gate_cols.clone()]));
+                // This block's rows of the weights, in block order, packed once.
+                let block_rows = &order[gate_cols.clone()];
+                let w_ih = PackedMatrix::transposed_rows(p.w_ih.view(), block_rows);
+                let w_hh = PackedMatrix::transposed_rows(p.w_hh.view(), block_rows);
+                let b_ih = p.b_ih.as_ref().map(|bias| bias.select(Axis(0), block_rows));
+                let b_hh = p.b_hh.as_ref().map(|bias| bias.select(Axis(0), block_rows));
+                // The input projection of `chunk` steps at a time, biases included; rows
+                // (t − chunk_start)·B + b.
+                let mut gx = pool::scratch(chunk * b, gate_cols.len());
+                let mut chunk_start = 0;
                 let mut gh = Array2::zeros((b, gate_cols.len()));
                 let mut scratch = record
                     .is_none()
@@ -227,13 +251,24 @@ impl<'a, F: Scalar> Direction<'a, F> {
                     .as_ref()
                     .map(|c| unsafe { c.block(0..b, units.clone()) }.to_owned());
                 for (s, t) in self.steps.order(self.reverse).enumerate() {
+                    if s % chunk == 0 {
+                        let steps = chunk.min(self.steps.seq_len - s);
+                        chunk_start = if self.reverse { t + 1 - steps } else { t };
+                        let mut gx = gx.slice_mut(s![..steps * b, ..]);
+                        match &b_ih {
+                            Some(bias) => gx.assign(bias),
+                            None => gx.fill(F::zero()),
+                        }
+                        let x_rows = chunk_start * b..(chunk_start + steps) * b;
+                        w_ih.add_product(x.slice(s![x_rows, ..]), gx);
+                    }
                     let rows = self.steps.rows(t);
                     let h_prev = unsafe { h_shared[s % 2].block(0..b, 0..hidden) };
-                    match &bias {
+                    match &b_hh {
                         Some(bias) => gh.assign(bias),
                         None => gh.fill(F::zero()),
                     }
-                    w.add_product(h_prev, gh.view_mut());
+                    w_hh.add_product(h_prev, gh.view_mut());
                     let kept = self.steps.any_masked(t).then(|| (h.clone(), c.clone()));
                     let saved = match (&record, scratch.as_mut()) {
                         (Some((h_rec, c_rec, saved)), _) => {
@@ -246,7 +281,7 @@ impl<'a, F: Scalar> Direction<'a, F> {
                         (None, Some(scratch)) => scratch.view_mut(),
                         (None, None) => unreachable!("a scratch exists without a tape"),
                     };
-                    let gx_t = gx.slice(s![rows.clone(), gate_cols.clone()]);
+                    let gx_t = gx.slice(s![(t - chunk_start) * b..(t - chunk_start + 1) * b, ..]);
                     match (self.cell, c.as_mut()) {
                         (CellKind::Rnn(nl), _) => {
                             rnn::step(nl, gx_t, gh.view(), h.view_mut(), saved)
@@ -275,6 +310,7 @@ impl<'a, F: Scalar> Direction<'a, F> {
                 if let (Some(c_shared), Some(c)) = (&c_shared, &c) {
                     unsafe { c_shared.block_mut(0..b, units) }.assign(c);
                 }
+                pool::recycle(gx);
             });
         }
         let [even, odd] = h_buffers;
@@ -307,10 +343,11 @@ impl<'a, F: Scalar> Direction<'a, F> {
         let saved_width = saved_blocks(self.cell);
         let blocks = &tape.blocks;
         let order = block_gate_order(blocks, gates, hidden);
-        let w_hh = p.w_hh.select(Axis(0), &order);
         // Gate pre-activation gradients of all steps, input side and (GRU only) hidden side.
-        let mut dg_x = Array2::<F>::zeros((self.steps.seq_len * b, order.len()));
-        let mut dg_h_gru = (self.cell == CellKind::Gru).then(|| Array2::zeros(dg_x.dim()));
+        // Every element is written by the loop below before anything reads it.
+        let mut dg_x = pool::scratch::<F>(self.steps.seq_len * b, order.len());
+        let mut dg_h_gru =
+            (self.cell == CellKind::Gru).then(|| pool::scratch(dg_x.nrows(), dg_x.ncols()));
         {
             let dg_x = SharedMatrix::new(dg_x.view_mut());
             let dg_h_gru = dg_h_gru.as_mut().map(|d| SharedMatrix::new(d.view_mut()));
@@ -321,7 +358,7 @@ impl<'a, F: Scalar> Direction<'a, F> {
                 let units = blocks[k].clone();
                 let gate_cols = gates * units.start..gates * units.end;
                 let saved_cols = saved_width * units.start..saved_width * units.end;
-                let w = PackedMatrix::new(w_hh.slice(s![.., units.clone()]));
+                let w = PackedMatrix::rows(p.w_hh.view(), &order, units.clone());
                 // SAFETY (all blocks below): a worker writes only its own units' columns; it
                 // reads the other workers' columns of a step's dg only after the barrier that
                 // follows their writes, and no row of dg is written twice.
@@ -389,9 +426,9 @@ impl<'a, F: Scalar> Direction<'a, F> {
         // The weight gradients as products over all T·B rows, in block order, then each row
         // back to its place in torch's order.
         let dg_h = dg_h_gru.as_ref().unwrap_or(&dg_x);
-        let mut dw_ih = Array2::zeros((order.len(), x.ncols()));
+        let mut dw_ih = pool::scratch(order.len(), x.ncols());
         matmul(self.team, dg_x.t(), x, dw_ih.view_mut(), false);
-        let mut dw_hh = Array2::zeros((order.len(), hidden));
+        let mut dw_hh = pool::scratch(order.len(), hidden);
         matmul(
             self.team,
             dg_h.t(),
@@ -413,6 +450,9 @@ impl<'a, F: Scalar> Direction<'a, F> {
         }
         let w_ih = p.w_ih.select(Axis(0), &order);
         matmul(self.team, dg_x.view(), w_ih.view(), dx, true);
+        for a in [dg_x, dw_ih, dw_hh].into_iter().chain(dg_h_gru) {
+            pool::recycle(a);
+        }
         dstate
     }
 }
@@ -488,7 +528,8 @@ pub(super) fn run_forward<F: Scalar>(
     let mut directions = Vec::new();
     let mut x = sequence_rows(batch.input, config.batch_first);
     for layer in 0..config.num_layers {
-        let mut out = Array2::zeros((t * b, d * hidden));
+        // Every element is written by the directions' forwards.
+        let mut out = pool::scratch(t * b, d * hidden);
         for dir in 0..d {
             let index = layer * d + dir;
             let direction = Direction::new(team, params, &steps, layer, dir);
@@ -511,6 +552,8 @@ pub(super) fn run_forward<F: Scalar>(
         let layer_input = std::mem::replace(&mut x, out);
         if train {
             layer_inputs.push(layer_input);
+        } else {
+            pool::recycle(layer_input);
         }
     }
     let output = ForwardOutput {
@@ -570,7 +613,7 @@ pub(super) fn run_backward<F: Scalar>(
     let mut d_out = sequence_rows(upstream.output, config.batch_first);
     for layer in (0..config.num_layers).rev() {
         let x = &tape.layer_inputs[layer];
-        let mut dx = Array2::zeros(x.dim());
+        let mut dx = pool::zeros(x.nrows(), x.ncols());
         for dir in 0..d {
             let index = layer * d + dir;
             let direction = Direction::new(team, params, &steps, layer, dir);
@@ -594,7 +637,7 @@ pub(super) fn run_backward<F: Scalar>(
                 dc0.index_axis_mut(Axis(0), index).assign(dc);
             }
         }
-        d_out = dx;
+        pool::recycle(std::mem::replace(&mut d_out, dx));
     }
     Ok(Gradients {
         params: grads,

@@ -166,7 +166,7 @@ pub struct SeqModel<F> {
 }
 
 /// What one forward pass keeps for the backward pass.
-struct ForwardRecord<F> {
+struct ForwardRecord<F: Scalar> {
     tapes: Vec<cpu::Tape<F>>,
     /// The output layer's input rows (N, H)
     rows: Array2<F>,

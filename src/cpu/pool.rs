@@ -1,0 +1,68 @@
+//! Buffers of finished calls, kept for the next ones. A call of the CPU path writes tens of
+//! megabytes of workspaces and tapes; taking them fresh from the system every time costs a page
+//! fault per 4 KiB, about a third of a call's time at batch 16 (measured in
+//! docs/PERFORMANCE.md). At most [`POOL_BYTES`] are kept.
+
+use crate::scalar::Scalar;
+use ndarray::Array2;
+use std::any::Any;
+use std::sync::Mutex;
+
+/// The most bytes the pool keeps.
+const POOL_BYTES: usize = 128 << 20;
+
+/// Kept buffers (each a `Vec<F>` of f32 or f64) and their bytes in all.
+static POOL: Mutex<(Vec<Box<dyn Any + Send>>, usize)> = Mutex::new((Vec::new(), 0));
+
+/// A (rows, cols) matrix whose elements are all to be written before they are read: a kept
+/// buffer when one is large enough, holding stale values.
+pub(super) fn scratch<F: Scalar>(rows: usize, cols: usize) -> Array2<F> {
+    let len = rows * cols;
+    let mut data = take::<F>(len).unwrap_or_default();
+    // Only the part beyond the kept buffer's length is written here.
+    data.resize(len, F::zero());
+    Array2::from_shape_vec((rows, cols), data)
+        .unwrap_or_else(|_| unreachable!("rows · cols elements"))
+}
+
+/// A (rows, cols) matrix of zeros, in a kept buffer when one is large enough.
+pub(super) fn zeros<F: Scalar>(rows: usize, cols: usize) -> Array2<F> {
+    let mut a = scratch(rows, cols);
+    a.fill(F::zero());
+    a
+}
+
+/// Keeps `a`'s buffer for a later call, if the pool has room for it.
+pub(super) fn recycle<F: Scalar>(a: Array2<F>) {
+    recycle_vec(a.into_raw_vec_and_offset().0);
+}
+
+/// Keeps `data` for a later call, if the pool has room for it.
+pub(super) fn recycle_vec<F: Scalar>(data: Vec<F>) {
+    let bytes = data.capacity() * size_of::<F>();
+    let mut pool = POOL.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+    if bytes > 0 && pool.1 + bytes <= POOL_BYTES {
+        pool.1 += bytes;
+        pool.0.push(Box::new(data));
+    }
+}
+
+/// The smallest kept `Vec<F>` of at least `len` elements, its length cut to `len` at most
+/// (stale values).
+pub(super) fn take<F: Scalar>(len: usize) -> Option<Vec<F>> {
+    let mut pool = POOL.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+    let (index, _) = pool
+        .0
+        .iter()
+        .enumerate()
+        .filter_map(|(i, b)| b.downcast_ref::<Vec<F>>().map(|v| (i, v.capacity())))
+        .filter(|&(_, capacity)| capacity >= len)
+        .min_by_key(|&(_, capacity)| capacity)?;
+    let data = pool.0.swap_remove(index);
+    let mut data = *data
+        .downcast::<Vec<F>>()
+        .unwrap_or_else(|_| unreachable!("found as a Vec<F>"));
+    pool.1 -= data.capacity() * size_of::<F>();
+    data.truncate(len);
+    Some(data)
+}
