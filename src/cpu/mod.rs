@@ -6,7 +6,6 @@
 
 mod gru;
 mod lstm;
-mod matmul;
 mod packed;
 mod pool;
 mod rnn;

@@ -130,8 +130,8 @@ mod avx2 {
         64 / size_of::<F>()
     }
 
-    /// c += a · w for a (m, k), c (m, n) with unit column stride and a row stride of at least
-    /// n, and w (k, n) packed as ⌈n / NR⌉ row-major (k, NR) panels of NR = [`panel_width`]
+    /// c += a · w for a (m, k) of any strides, c (m, n) with unit column stride and a row
+    /// stride of at least n, and w (k, n) packed as ⌈n / NR⌉ row-major (k, NR) panels of NR = [`panel_width`]
     /// columns, the last one zero-padded; F is f32 or f64 and the CPU has AVX2 and FMA
     /// ([`available`]).
     pub(super) fn add_product<F: Scalar>(
@@ -145,21 +145,28 @@ mod avx2 {
             return;
         }
         let ldc = if m == 1 { n } else { c.strides()[0] as usize };
-        let a = a.as_standard_layout();
-        let a = a
-            .as_slice()
-            .unwrap_or_else(|| unreachable!("standard-layout arrays are slices"));
+        // a is read in place (a transposed view too); a copy only for negative strides.
+        let copy;
+        let (a, a_strides) = match a.strides() {
+            &[rs, cs] if rs >= 0 && cs >= 0 => (a, (rs as usize, cs as usize)),
+            _ => {
+                copy = a.as_standard_layout().into_owned();
+                (copy.view(), (k, 1))
+            }
+        };
         assert!(panels.len() >= n.div_ceil(panel_width::<F>()) * k * panel_width::<F>());
         // SAFETY: c's rows lie at multiples of ldc from its first element, n elements each.
         let c = unsafe { std::slice::from_raw_parts_mut(c.as_mut_ptr(), (m - 1) * ldc + n) };
         let f = TypeId::of::<F>();
+        let a = (a.as_ptr(), a_strides);
         // SAFETY: each branch reinterprets F as the type it is, `available` checked the
-        // features the kernel is compiled for, and the slices hold what `product` reads.
+        // features the kernel is compiled for, a is an (m, k) view with these strides, and the
+        // slices hold what `product` reads.
         unsafe {
             if f == TypeId::of::<f32>() {
-                product::<__m256>(retype(panels), (m, k, n, ldc), retype(a), retype_mut(c));
+                product::<__m256>(retype(panels), (m, k, n, ldc), retype_ptr(a), retype_mut(c));
             } else if f == TypeId::of::<f64>() {
-                product::<__m256d>(retype(panels), (m, k, n, ldc), retype(a), retype_mut(c));
+                product::<__m256d>(retype(panels), (m, k, n, ldc), retype_ptr(a), retype_mut(c));
             } else {
                 unreachable!("the kernel is only packed for f32 and f64");
             }
@@ -170,6 +177,14 @@ mod avx2 {
     /// F and T are the same type.
     unsafe fn retype<F, T>(x: &[F]) -> &[T] {
         unsafe { std::slice::from_raw_parts(x.as_ptr().cast(), x.len()) }
+    }
+
+    /// # Safety
+    /// F and T are the same type.
+    unsafe fn retype_ptr<F, T>(
+        (p, strides): (*const F, (usize, usize)),
+    ) -> (*const T, (usize, usize)) {
+        (p.cast(), strides)
     }
 
     /// # Safety
@@ -256,17 +271,18 @@ mod avx2 {
     /// latency is hidden at batch 1 and 2 too.
     ///
     /// # Safety
-    /// The CPU has AVX2 and FMA; `panels` holds ⌈n / NR⌉ panels of k·NR, `a` m·k and `c`
-    /// (m − 1)·ldc + n elements.
+    /// The CPU has AVX2 and FMA; `panels` holds ⌈n / NR⌉ panels of k·NR elements, `c`
+    /// (m − 1)·ldc + n, and a's element (r, kk) is at `a + r·rs + kk·cs` for r < m, kk < k,
+    /// where `a` = (pointer, (rs, cs)).
     #[target_feature(enable = "avx2,fma")]
     unsafe fn product<V: Register>(
         panels: &[V::Lane],
         (m, k, n, ldc): (usize, usize, usize, usize),
-        a: &[V::Lane],
+        (a, (a_row, a_col)): (*const V::Lane, (usize, usize)),
         c: &mut [V::Lane],
     ) {
         let nr = 2 * V::LANES;
-        let (a, c, panels) = (a.as_ptr(), c.as_mut_ptr(), panels.as_ptr());
+        let (c, panels) = (c.as_mut_ptr(), panels.as_ptr());
         for p in 0..n.div_ceil(nr) {
             let (j0, cols) = (p * nr, nr.min(n - p * nr));
             // SAFETY (all below): the tiles read rows i..i + rows of a, panel p, and write
@@ -276,7 +292,9 @@ mod avx2 {
             while i < m {
                 let rows = MR.min(m - i);
                 let tile = Tile {
-                    a: unsafe { a.add(i * k) },
+                    a: unsafe { a.add(i * a_row) },
+                    a_row,
+                    a_col,
                     k,
                     panel,
                     c: unsafe { c.add(i * ldc + j0) },
@@ -298,9 +316,12 @@ mod avx2 {
         }
     }
 
-    /// One tile: c[..R, ..cols] += a (R, k) · panel (k, 2·LANES), c with row stride `ldc`.
+    /// One tile: c[..R, ..cols] += a (R, k) · panel (k, 2·LANES), a with strides (a_row,
+    /// a_col), c with row stride `ldc`.
     struct Tile<L> {
         a: *const L,
+        a_row: usize,
+        a_col: usize,
         k: usize,
         panel: *const L,
         c: *mut L,
@@ -330,7 +351,7 @@ mod avx2 {
                         let w = self.panel.add(kk * nr);
                         let (w0, w1) = (V::load(w), V::load(w.add(V::LANES)));
                         for (r, acc) in acc.iter_mut().enumerate() {
-                            let x = V::splat(*self.a.add(r * k + kk));
+                            let x = V::splat(*self.a.add(r * self.a_row + kk * self.a_col));
                             *acc = [x.mul_add(w0, acc[0]), x.mul_add(w1, acc[1])];
                         }
                     }
@@ -378,8 +399,9 @@ mod tests {
 
     /// c += a · w against ndarray's product, over every remainder of the row tiles, the
     /// k-split accumulators and the panels, with w gathered both ways from a larger matrix,
-    /// and c in row-major and column-major layout and as a column block of a wider matrix
-    /// (nothing outside it changes).
+    /// a row-major, transposed (column-major) and with reversed rows, and c in row-major and
+    /// column-major layout and as a column block of a wider matrix (nothing outside it
+    /// changes).
     fn matches_ndarray<F: Scalar>() {
         for (m, k, n) in [
             (1, 1, 1),
@@ -410,12 +432,20 @@ mod tests {
                     source_t.select(Axis(0), &rows_n).reversed_axes(),
                 ),
             ];
+            let a_column_major = a.t().as_standard_layout().into_owned();
+            let a_reversed = a.slice(s![..;-1, ..]).to_owned();
             for (packed, w) in cases {
                 let mut want = c.clone();
                 general_mat_mul(F::one(), &a, &w, F::one(), &mut want);
-                let mut got = c.clone();
-                packed.add_product(a.view(), got.view_mut());
-                assert_eq!(got, want, "({m}, {k}, {n})");
+                for a in [
+                    a.view(),
+                    a_column_major.t(),
+                    a_reversed.slice(s![..;-1, ..]),
+                ] {
+                    let mut got = c.clone();
+                    packed.add_product(a, got.view_mut());
+                    assert_eq!(got, want, "({m}, {k}, {n}), a strides {:?}", a.strides());
+                }
                 let mut got = Array2::zeros((m, n).f());
                 got.assign(&c);
                 packed.add_product(a.view(), got.view_mut());

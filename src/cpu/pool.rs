@@ -66,3 +66,29 @@ pub(super) fn take<F: Scalar>(len: usize) -> Option<Vec<F>> {
     data.truncate(len);
     Some(data)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::{recycle, scratch, zeros};
+    use ndarray::Array2;
+
+    /// A kept buffer is handed out again, in the shape asked for, and `zeros` clears its stale
+    /// values.
+    #[test]
+    fn kept_buffers_are_reused_and_zeros_are_zero() {
+        // Larger than any buffer the other tests of this process keep, so that no other
+        // test takes it in between.
+        let (rows, cols) = (7, 100_003);
+        recycle(Array2::<f64>::from_elem((rows, cols), 1.5));
+        let a = scratch::<f64>(rows, cols - 2);
+        assert_eq!(a.dim(), (rows, cols - 2));
+        assert!(
+            a.iter().all(|&v| v == 1.5),
+            "the kept buffer, stale values and all"
+        );
+        recycle(a);
+        let z = zeros::<f64>(rows, cols - 1);
+        assert_eq!(z.dim(), (rows, cols - 1));
+        assert!(z.iter().all(|&v| v == 0.0));
+    }
+}

@@ -2,7 +2,6 @@
 //! the input projection of all steps as one product, the per-step products with W_hh packed
 //! once per direction, and the weight gradients as big products.
 
-use super::matmul::matmul;
 use super::packed::PackedMatrix;
 use super::threads::{SharedMatrix, Team};
 use super::{gru, lstm, pool, rnn};
@@ -327,7 +326,9 @@ impl<'a, F: Scalar> Direction<'a, F> {
     /// Backpropagates through the direction: `dout` (T·B, H) is d loss/d h_t, `dstate` the
     /// gradient of the final state. Writes the parameter gradients into `grads`, adds d loss/d x
     /// into `dx` (T·B, In) and returns the gradient of the initial state. The team's workers
-    /// take the forward's blocks of hidden units, in lockstep.
+    /// take the forward's blocks of hidden units, in lockstep; every `chunk` steps each also
+    /// adds the chunk's part of its gate rows' weight gradients and of its columns of dx.
+    #[allow(clippy::too_many_arguments)]
     fn backward(
         &self,
         x: ArrayView2<'_, F>,
@@ -338,35 +339,48 @@ impl<'a, F: Scalar> Direction<'a, F> {
         dx: ArrayViewMut2<'_, F>,
     ) -> State<F> {
         let p = self.params;
-        let (b, hidden) = (self.steps.batch, p.w_hh.ncols());
+        let (b, hidden, inputs) = (self.steps.batch, p.w_hh.ncols(), x.ncols());
         let gates = p.w_hh.nrows() / hidden;
         let saved_width = saved_blocks(self.cell);
         let blocks = &tape.blocks;
         let order = block_gate_order(blocks, gates, hidden);
-        // Gate pre-activation gradients of all steps, input side and (GRU only) hidden side.
-        // Every element is written by the loop below before anything reads it.
+        let chunk = (PROJECTION_ROWS / b.max(1)).clamp(1, self.steps.seq_len.max(1));
+        // Gate pre-activation gradients of all steps, input side and (GRU only) hidden side;
+        // and the weight gradients, rows in block order. Every element is written by the loop
+        // below before anything reads it.
         let mut dg_x = pool::scratch::<F>(self.steps.seq_len * b, order.len());
         let mut dg_h_gru =
             (self.cell == CellKind::Gru).then(|| pool::scratch(dg_x.nrows(), dg_x.ncols()));
+        let mut dw_ih = pool::zeros::<F>(order.len(), inputs);
+        let mut dw_hh = pool::zeros::<F>(order.len(), hidden);
         {
             let dg_x = SharedMatrix::new(dg_x.view_mut());
             let dg_h_gru = dg_h_gru.as_mut().map(|d| SharedMatrix::new(d.view_mut()));
             let dg_h = dg_h_gru.as_ref().unwrap_or(&dg_x);
             let dh_shared = SharedMatrix::new(dstate.h.view_mut());
             let dc_shared = dstate.c.as_mut().map(|c| SharedMatrix::new(c.view_mut()));
+            let dx = SharedMatrix::new(dx);
+            let (dw_ih, dw_hh) = (
+                SharedMatrix::new(dw_ih.view_mut()),
+                SharedMatrix::new(dw_hh.view_mut()),
+            );
             self.team.run(blocks.len(), |k, barrier| {
                 let units = blocks[k].clone();
                 let gate_cols = gates * units.start..gates * units.end;
                 let saved_cols = saved_width * units.start..saved_width * units.end;
-                let w = PackedMatrix::rows(p.w_hh.view(), &order, units.clone());
-                // SAFETY (all blocks below): a worker writes only its own units' columns; it
-                // reads the other workers' columns of a step's dg only after the barrier that
-                // follows their writes, and no row of dg is written twice.
+                // This worker's columns of dx, and the weights that reach them.
+                let x_cols = inputs * k / blocks.len()..inputs * (k + 1) / blocks.len();
+                let w_hh = PackedMatrix::rows(p.w_hh.view(), &order, units.clone());
+                let w_ih = PackedMatrix::rows(p.w_ih.view(), &order, x_cols.clone());
+                // SAFETY (all blocks below): a worker writes only its own units' columns of dg,
+                // dh and dc, its own gate rows of the weight gradients and its own columns of
+                // dx; it reads the other workers' columns of a step's dg only after the barrier
+                // that follows their writes, and no row of dg is written twice.
                 let mut dh = unsafe { dh_shared.block(0..b, units.clone()) }.to_owned();
                 let mut dc = dc_shared
                     .as_ref()
                     .map(|dc| unsafe { dc.block(0..b, units.clone()) }.to_owned());
-                for t in self.steps.order(self.reverse).rev() {
+                for (s, t) in self.steps.order(self.reverse).rev().enumerate() {
                     let rows = self.steps.rows(t);
                     let kept = self.steps.any_masked(t).then(|| (dh.clone(), dc.clone()));
                     dh += &dout.slice(s![rows.clone(), units.clone()]);
@@ -415,7 +429,32 @@ impl<'a, F: Scalar> Direction<'a, F> {
                     }
                     barrier.wait();
                     let dg_h_t = unsafe { dg_h.block(rows, 0..order.len()) };
-                    w.add_product(dg_h_t, dh.view_mut());
+                    w_hh.add_product(dg_h_t, dh.view_mut());
+                    // The chunk's steps are complete in every worker's columns: its share of
+                    // the products over time.
+                    let done = s + 1;
+                    if done % chunk == 0 || done == self.steps.seq_len {
+                        let steps = (done - 1) % chunk + 1;
+                        let first = if self.reverse { t + 1 - steps } else { t };
+                        let rows = first * b..(first + steps) * b;
+                        let row_list: Vec<usize> = rows.clone().collect();
+                        let (own_dg_x, own_dg_h, all_dg_x) = unsafe {
+                            (
+                                dg_x.block(rows.clone(), gate_cols.clone()),
+                                dg_h.block(rows.clone(), gate_cols.clone()),
+                                dg_x.block(rows.clone(), 0..order.len()),
+                            )
+                        };
+                        PackedMatrix::rows(x, &row_list, 0..inputs)
+                            .add_product(own_dg_x.t(), unsafe {
+                                dw_ih.block_mut(gate_cols.clone(), 0..inputs)
+                            });
+                        PackedMatrix::rows(tape.h_prev.view(), &row_list, 0..hidden)
+                            .add_product(own_dg_h.t(), unsafe {
+                                dw_hh.block_mut(gate_cols.clone(), 0..hidden)
+                            });
+                        w_ih.add_product(all_dg_x, unsafe { dx.block_mut(rows, x_cols.clone()) });
+                    }
                 }
                 unsafe { dh_shared.block_mut(0..b, units.clone()) }.assign(&dh);
                 if let (Some(dc_shared), Some(dc)) = (&dc_shared, &dc) {
@@ -423,19 +462,8 @@ impl<'a, F: Scalar> Direction<'a, F> {
                 }
             });
         }
-        // The weight gradients as products over all T·B rows, in block order, then each row
-        // back to its place in torch's order.
+        // Each row back to its place in torch's order.
         let dg_h = dg_h_gru.as_ref().unwrap_or(&dg_x);
-        let mut dw_ih = pool::scratch(order.len(), x.ncols());
-        matmul(self.team, dg_x.t(), x, dw_ih.view_mut(), false);
-        let mut dw_hh = pool::scratch(order.len(), hidden);
-        matmul(
-            self.team,
-            dg_h.t(),
-            tape.h_prev.view(),
-            dw_hh.view_mut(),
-            false,
-        );
         let db_ih = dg_x.sum_axis(Axis(0));
         let db_hh = dg_h.sum_axis(Axis(0));
         for (j, &row) in order.iter().enumerate() {
@@ -448,8 +476,6 @@ impl<'a, F: Scalar> Direction<'a, F> {
                 db[row] = db_hh[j];
             }
         }
-        let w_ih = p.w_ih.select(Axis(0), &order);
-        matmul(self.team, dg_x.view(), w_ih.view(), dx, true);
         for a in [dg_x, dw_ih, dw_hh].into_iter().chain(dg_h_gru) {
             pool::recycle(a);
         }
@@ -475,9 +501,11 @@ fn sequence_rows<F: Scalar>(a: ArrayView3<'_, F>, batch_first: bool) -> Array2<F
         a
     };
     let (t, b, f) = a.dim();
-    let rows = a.as_standard_layout().into_owned();
-    Array2::from_shape_vec((t * b, f), rows.into_raw_vec_and_offset().0)
-        .unwrap_or_else(|_| unreachable!("a standard-layout array reshapes"))
+    let mut rows = pool::scratch(t * b, f);
+    for (mut to, from) in rows.rows_mut().into_iter().zip(a.rows()) {
+        to.assign(&from);
+    }
+    rows
 }
 
 /// Seq-major rows (T·B, F) back to (T, B, F), or (B, T, F) when batch_first.

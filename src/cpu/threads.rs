@@ -86,11 +86,6 @@ impl Team {
         self.pool.current_num_threads()
     }
 
-    /// Runs `f` inside the pool, so that rayon-parallel code in it uses the team's threads.
-    pub(super) fn install<R: Send>(&self, f: impl FnOnce() -> R + Send) -> R {
-        self.pool.install(f)
-    }
-
     /// `hidden` units in contiguous blocks, one per worker: as many as there are threads, each
     /// of at least [`MIN_UNITS_PER_WORKER`] units (or one block of all).
     pub(super) fn blocks(&self, hidden: usize) -> Vec<Range<usize>> {
