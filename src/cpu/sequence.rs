@@ -8,7 +8,7 @@ use super::threads::{SharedMatrix, Team};
 use super::{gru, lstm, rnn};
 use crate::batch::{check_params, ForwardOutput, Gradients, SequenceBatch, UpstreamGrads};
 use crate::config::{CellKind, RnnConfig};
-use crate::error::{Result, RnnError};
+use crate::error::{try_zeros, Result, RnnError};
 use crate::params::{LayerParams, RnnParams};
 use crate::scalar::Scalar;
 use ndarray::{s, Array2, Array3, ArrayView2, ArrayView3, ArrayViewMut2, Axis};
@@ -49,13 +49,19 @@ struct DirectionTape<F> {
 }
 
 impl<F: Scalar> DirectionTape<F> {
-    fn new(cell: CellKind, hidden: usize, rows: usize, blocks: Vec<Range<usize>>) -> Self {
-        DirectionTape {
+    fn new(cell: CellKind, hidden: usize, rows: usize, blocks: Vec<Range<usize>>) -> Result<Self> {
+        Ok(DirectionTape {
             blocks,
-            h_prev: Array2::zeros((rows, hidden)),
-            c_prev: cell.has_cell_state().then(|| Array2::zeros((rows, hidden))),
-            saved: Array2::zeros((rows, saved_blocks(cell) * hidden)),
-        }
+            h_prev: try_zeros("tape h_prev", (rows, hidden))?,
+            c_prev: cell
+                .has_cell_state()
+                .then(|| try_zeros("tape c_prev", (rows, hidden)))
+                .transpose()?,
+            saved: try_zeros(
+                "tape saved activations",
+                (rows, saved_blocks(cell) * hidden),
+            )?,
+        })
     }
 }
 
@@ -176,14 +182,14 @@ impl<'a, F: Scalar> Direction<'a, F> {
         state: State<F>,
         out: ArrayViewMut2<'_, F>,
         tape: Option<&mut DirectionTape<F>>,
-    ) -> State<F> {
+    ) -> Result<State<F>> {
         let p = self.params;
         let (b, hidden) = (self.steps.batch, p.w_hh.ncols());
         let gates = p.w_hh.nrows() / hidden;
         let saved_width = saved_blocks(self.cell);
         let order = block_gate_order(blocks, gates, hidden);
         // Input projection of all steps at once: (T·B, G·H), biases included.
-        let mut gx = Array2::zeros((x.nrows(), order.len()));
+        let mut gx = try_zeros("input projection", (x.nrows(), order.len()))?;
         if let Some(bias) = &p.b_ih {
             gx.assign(&bias.select(Axis(0), &order));
         }
@@ -278,14 +284,14 @@ impl<'a, F: Scalar> Direction<'a, F> {
             });
         }
         let [even, odd] = h_buffers;
-        State {
+        Ok(State {
             h: if self.steps.seq_len.is_multiple_of(2) {
                 even
             } else {
                 odd
             },
             c: c_final,
-        }
+        })
     }
 
     /// Backpropagates through the direction: `dout` (T·B, H) is d loss/d h_t, `dstate` the
@@ -300,7 +306,7 @@ impl<'a, F: Scalar> Direction<'a, F> {
         mut dstate: State<F>,
         grads: &mut LayerParams<F>,
         dx: ArrayViewMut2<'_, F>,
-    ) -> State<F> {
+    ) -> Result<State<F>> {
         let p = self.params;
         let (b, hidden) = (self.steps.batch, p.w_hh.ncols());
         let gates = p.w_hh.nrows() / hidden;
@@ -309,8 +315,11 @@ impl<'a, F: Scalar> Direction<'a, F> {
         let order = block_gate_order(blocks, gates, hidden);
         let w_hh = p.w_hh.select(Axis(0), &order);
         // Gate pre-activation gradients of all steps, input side and (GRU only) hidden side.
-        let mut dg_x = Array2::<F>::zeros((self.steps.seq_len * b, order.len()));
-        let mut dg_h_gru = (self.cell == CellKind::Gru).then(|| Array2::zeros(dg_x.dim()));
+        let mut dg_x: Array2<F> =
+            try_zeros("gate gradients", (self.steps.seq_len * b, order.len()))?;
+        let mut dg_h_gru = (self.cell == CellKind::Gru)
+            .then(|| try_zeros("hidden gate gradients", dg_x.dim()))
+            .transpose()?;
         {
             let dg_x = SharedMatrix::new(dg_x.view_mut());
             let dg_h_gru = dg_h_gru.as_mut().map(|d| SharedMatrix::new(d.view_mut()));
@@ -413,7 +422,7 @@ impl<'a, F: Scalar> Direction<'a, F> {
         }
         let w_ih = p.w_ih.select(Axis(0), &order);
         matmul(self.team, dg_x.view(), w_ih.view(), dx, true);
-        dstate
+        Ok(dstate)
     }
 }
 
@@ -428,27 +437,42 @@ fn block_gate_order(blocks: &[Range<usize>], gates: usize, hidden: usize) -> Vec
 }
 
 /// A sequence tensor as seq-major rows (T·B, F), permuting (B, T, F) when batch_first.
-fn sequence_rows<F: Scalar>(a: ArrayView3<'_, F>, batch_first: bool) -> Array2<F> {
+fn sequence_rows<F: Scalar>(
+    tensor: &str,
+    a: ArrayView3<'_, F>,
+    batch_first: bool,
+) -> Result<Array2<F>> {
     let a = if batch_first {
         a.permuted_axes([1, 0, 2])
     } else {
         a
     };
     let (t, b, f) = a.dim();
-    let rows = a.as_standard_layout().into_owned();
-    Array2::from_shape_vec((t * b, f), rows.into_raw_vec_and_offset().0)
-        .unwrap_or_else(|_| unreachable!("a standard-layout array reshapes"))
+    let mut rows: Array3<F> = try_zeros(tensor, (t, b, f))?;
+    rows.assign(&a);
+    Ok(
+        Array2::from_shape_vec((t * b, f), rows.into_raw_vec_and_offset().0)
+            .unwrap_or_else(|_| unreachable!("a standard-layout array reshapes")),
+    )
 }
 
 /// Seq-major rows (T·B, F) back to (T, B, F), or (B, T, F) when batch_first.
-fn sequence_tensor<F: Scalar>(rows: Array2<F>, t: usize, b: usize, batch_first: bool) -> Array3<F> {
+fn sequence_tensor<F: Scalar>(
+    tensor: &str,
+    rows: Array2<F>,
+    t: usize,
+    b: usize,
+    batch_first: bool,
+) -> Result<Array3<F>> {
     let f = rows.ncols();
     let a = Array3::from_shape_vec((t, b, f), rows.into_raw_vec_and_offset().0)
         .unwrap_or_else(|_| unreachable!("a standard-layout array reshapes"));
     if batch_first {
-        a.permuted_axes([1, 0, 2]).as_standard_layout().into_owned()
+        let mut out = try_zeros(tensor, (b, t, f))?;
+        out.assign(&a.permuted_axes([1, 0, 2]));
+        Ok(out)
     } else {
-        a
+        Ok(a)
     }
 }
 
@@ -480,15 +504,16 @@ pub(super) fn run_forward<F: Scalar>(
     let states = config.num_layers * d;
     let steps = Steps::new(t, b, batch.lengths);
     let blocks = team.blocks(hidden);
-    let mut h_n = Array3::zeros((states, b, hidden));
+    let mut h_n = try_zeros("h_n", (states, b, hidden))?;
     let mut c_n = cell
         .has_cell_state()
-        .then(|| Array3::zeros((states, b, hidden)));
+        .then(|| try_zeros("c_n", (states, b, hidden)))
+        .transpose()?;
     let mut layer_inputs = Vec::new();
     let mut directions = Vec::new();
-    let mut x = sequence_rows(batch.input, config.batch_first);
+    let mut x = sequence_rows("input", batch.input, config.batch_first)?;
     for layer in 0..config.num_layers {
-        let mut out = Array2::zeros((t * b, d * hidden));
+        let mut out = try_zeros("output", (t * b, d * hidden))?;
         for dir in 0..d {
             let index = layer * d + dir;
             let direction = Direction::new(team, params, &steps, layer, dir);
@@ -499,9 +524,11 @@ pub(super) fn run_forward<F: Scalar>(
                 index,
                 (b, hidden),
             );
-            let mut tape = train.then(|| DirectionTape::new(cell, hidden, t * b, blocks.clone()));
+            let mut tape = train
+                .then(|| DirectionTape::new(cell, hidden, t * b, blocks.clone()))
+                .transpose()?;
             let out_dir = out.slice_mut(s![.., dir * hidden..(dir + 1) * hidden]);
-            let last = direction.forward(&blocks, x.view(), initial, out_dir, tape.as_mut());
+            let last = direction.forward(&blocks, x.view(), initial, out_dir, tape.as_mut())?;
             h_n.index_axis_mut(Axis(0), index).assign(&last.h);
             if let (Some(c_n), Some(c)) = (c_n.as_mut(), &last.c) {
                 c_n.index_axis_mut(Axis(0), index).assign(c);
@@ -514,7 +541,7 @@ pub(super) fn run_forward<F: Scalar>(
         }
     }
     let output = ForwardOutput {
-        output: sequence_tensor(x, t, b, config.batch_first),
+        output: sequence_tensor("output", x, t, b, config.batch_first)?,
         h_n,
         c_n,
     };
@@ -562,15 +589,16 @@ pub(super) fn run_backward<F: Scalar>(
         _ => team,
     };
     let mut grads = RnnParams::zeros(config)?;
-    let mut dh0 = Array3::zeros((states, b, hidden));
+    let mut dh0 = try_zeros("grad_h0", (states, b, hidden))?;
     let mut dc0 = cell
         .has_cell_state()
-        .then(|| Array3::zeros((states, b, hidden)));
+        .then(|| try_zeros("grad_c0", (states, b, hidden)))
+        .transpose()?;
     // d loss / d (output of the current layer), seq-major rows.
-    let mut d_out = sequence_rows(upstream.output, config.batch_first);
+    let mut d_out = sequence_rows("grad_output", upstream.output, config.batch_first)?;
     for layer in (0..config.num_layers).rev() {
         let x = &tape.layer_inputs[layer];
-        let mut dx = Array2::zeros(x.dim());
+        let mut dx = try_zeros("grad_input", x.dim())?;
         for dir in 0..d {
             let index = layer * d + dir;
             let direction = Direction::new(team, params, &steps, layer, dir);
@@ -588,7 +616,7 @@ pub(super) fn run_backward<F: Scalar>(
                 final_grad,
                 &mut grads.layers[index],
                 dx.view_mut(),
-            );
+            )?;
             dh0.index_axis_mut(Axis(0), index).assign(&initial_grad.h);
             if let (Some(dc0), Some(dc)) = (dc0.as_mut(), &initial_grad.c) {
                 dc0.index_axis_mut(Axis(0), index).assign(dc);
@@ -598,7 +626,7 @@ pub(super) fn run_backward<F: Scalar>(
     }
     Ok(Gradients {
         params: grads,
-        input: sequence_tensor(d_out, t, b, config.batch_first),
+        input: sequence_tensor("grad_input", d_out, t, b, config.batch_first)?,
         h0: dh0,
         c0: dc0,
     })
