@@ -1,5 +1,7 @@
 //! The library's single error type.
 
+use crate::scalar::Scalar;
+use ndarray::{Array, Dimension, IntoDimension};
 use thiserror::Error;
 
 /// Every failure the library reports. Bad input is always one of these, never a panic.
@@ -72,6 +74,36 @@ pub enum RnnError {
     /// A feature that this build or backend does not provide.
     #[error("unsupported: {0}")]
     Unsupported(String),
+    /// A tensor's memory could not be allocated: its size in bytes overflows (`bytes` is None)
+    /// or the allocator refused it.
+    #[error("{}", allocation_message(tensor, shape, *bytes))]
+    Allocation {
+        tensor: String,
+        shape: Vec<usize>,
+        bytes: Option<usize>,
+    },
+    /// A model tensor is not in standard (row-major, contiguous) layout where one is needed
+    /// ([`SeqModel::tensors`](crate::train::SeqModel::tensors)).
+    #[error(
+        "tensor `{tensor}` is not in standard (row-major, contiguous) layout: store it as \
+         `a.as_standard_layout().into_owned()`, or call `SeqModel::make_standard_layout` \
+         (`SeqModel::tensors_mut` does) first"
+    )]
+    Layout { tensor: String },
+}
+
+fn allocation_message(tensor: &str, shape: &[usize], bytes: Option<usize>) -> String {
+    match bytes {
+        Some(bytes) => format!(
+            "cannot allocate tensor `{tensor}` of shape {shape:?}: {bytes} bytes \
+             ({:.1} GiB) are not available",
+            bytes as f64 / (1u64 << 30) as f64
+        ),
+        None => format!(
+            "cannot allocate tensor `{tensor}` of shape {shape:?}: its size in bytes \
+             overflows the address space"
+        ),
+    }
 }
 
 /// Result with [`RnnError`].
@@ -114,4 +146,39 @@ pub fn check_shape(tensor: &str, expected: &[usize], got: &[usize]) -> Result<()
     } else {
         Err(RnnError::shape(tensor, expected, got))
     }
+}
+
+/// A zero-filled array of `shape` for `tensor`, allocated fallibly: where `Array::zeros` would
+/// panic (the size overflows) or abort the process (the allocator refuses), an
+/// [`RnnError::Allocation`] naming the tensor, its shape and its size in bytes. The memory
+/// comes zeroed from the allocator (calloc), so large arrays cost no extra pass.
+pub(crate) fn try_zeros<F: Scalar, D: Dimension>(
+    tensor: &str,
+    shape: impl IntoDimension<Dim = D>,
+) -> Result<Array<F, D>> {
+    let dim = shape.into_dimension();
+    let error = |bytes| RnnError::Allocation {
+        tensor: tensor.to_string(),
+        shape: dim.slice().to_vec(),
+        bytes,
+    };
+    // As ndarray: the product of the non-zero axis lengths must fit in isize, even when
+    // another axis is empty.
+    let fits = |n: &usize| *n <= isize::MAX as usize;
+    let nonzero = dim
+        .slice()
+        .iter()
+        .filter(|&&d| d != 0)
+        .try_fold(1usize, |n, &d| n.checked_mul(d))
+        .filter(fits);
+    let elements = nonzero.map(|n| if dim.slice().contains(&0) { 0 } else { n });
+    let bytes = elements
+        .and_then(|n| n.checked_mul(std::mem::size_of::<F>()))
+        .filter(fits);
+    let (Some(elements), Some(bytes)) = (elements, bytes) else {
+        return Err(error(None));
+    };
+    let data =
+        bytemuck::allocation::try_zeroed_vec::<F>(elements).map_err(|()| error(Some(bytes)))?;
+    Array::from_shape_vec(dim.clone(), data).map_err(|_| error(None))
 }

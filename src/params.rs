@@ -1,7 +1,7 @@
 //! Parameters in PyTorch's layout and state_dict names; seeded init; safetensors I/O.
 
 use crate::config::RnnConfig;
-use crate::error::{check_shape, Result, RnnError};
+use crate::error::{check_shape, try_zeros, Result, RnnError};
 use crate::scalar::Scalar;
 use crate::tensorfile;
 use ndarray::{Array1, Array2, ArrayD, ArrayViewMutD};
@@ -161,17 +161,27 @@ impl<F: Scalar> RnnParams<F> {
         param_count(config)?;
         let rows = config.gate_rows();
         let h = config.hidden_size;
-        let layers = (0..config.num_layers * config.num_directions())
+        let d = config.num_directions();
+        // Fallible allocations: a valid config too large for memory is an error naming the
+        // first tensor that did not fit, not an abort.
+        let bias = |kind, layer, dir| -> Result<Option<Array1<F>>> {
+            config
+                .bias
+                .then(|| try_zeros(&param_name(kind, layer, dir), rows))
+                .transpose()
+        };
+        let layers = (0..config.num_layers * d)
             .map(|i| {
-                let input = config.layer_input_size(i / config.num_directions());
-                LayerParams {
-                    w_ih: Array2::zeros((rows, input)),
-                    w_hh: Array2::zeros((rows, h)),
-                    b_ih: config.bias.then(|| Array1::zeros(rows)),
-                    b_hh: config.bias.then(|| Array1::zeros(rows)),
-                }
+                let (layer, dir) = (i / d, i % d);
+                let input = config.layer_input_size(layer);
+                Ok(LayerParams {
+                    w_ih: try_zeros(&param_name(ParamKind::WeightIh, layer, dir), (rows, input))?,
+                    w_hh: try_zeros(&param_name(ParamKind::WeightHh, layer, dir), (rows, h))?,
+                    b_ih: bias(ParamKind::BiasIh, layer, dir)?,
+                    b_hh: bias(ParamKind::BiasHh, layer, dir)?,
+                })
             })
-            .collect();
+            .collect::<Result<_>>()?;
         Ok(RnnParams {
             config: config.clone(),
             layers,

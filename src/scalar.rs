@@ -18,6 +18,7 @@ pub trait Scalar:
     + std::ops::AddAssign
     + std::ops::SubAssign
     + std::ops::MulAssign
+    + bytemuck::Zeroable
     + 'static
 {
     /// The matching safetensors dtype.

@@ -52,6 +52,7 @@ fn step(trainer: &mut GpuTrainer, (x, y): &(Array3<f32>, Array2<f32>), step: u32
 fn bits(model: &SeqModel<f32>) -> Vec<u32> {
     model
         .tensors()
+        .unwrap()
         .concat()
         .iter()
         .map(|v| v.to_bits())

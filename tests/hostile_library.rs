@@ -10,15 +10,16 @@ use bad_files::{
     params_config, set_metadata, set_model_field, TempDir,
 };
 use common::fixture::Fixture;
-use ndarray::{Array2, Array3};
+use ndarray::{Array1, Array2, Array3, Axis};
 use safetensors::Dtype;
 use serde_json::json;
 use wgpu_rnn::gpu::GpuRnn;
 use wgpu_rnn::train::{
-    cross_entropy, load_checkpoint, save_checkpoint, Embedding, Optimizer, OptimizerConfig,
-    Readout, SeqModel, SgdConfig,
+    cross_entropy, load_checkpoint, save_checkpoint, Backend, Clip, DropoutKey, Embedding,
+    GpuTrainer, Inputs, Linear, ModelInput, Optimizer, OptimizerConfig, Readout, SeqModel,
+    SgdConfig, Targets, Trainer,
 };
-use wgpu_rnn::{cpu, CellKind, RnnParams, SequenceBatch};
+use wgpu_rnn::{cpu, CellKind, Nonlinearity, RnnConfig, RnnParams, Scalar, SequenceBatch};
 
 /// Writes `bytes` into `dir` and returns the path.
 fn file(dir: &TempDir, name: &str, bytes: &[u8]) -> std::path::PathBuf {
@@ -196,6 +197,144 @@ fn class1_params_for_a_huge_config_are_refused_before_allocating() {
         "zeros",
         RnnParams::<f32>::zeros(&overflowing),
         &["overflows"],
+    );
+}
+
+/// Whether an allocation of `bytes` fails on this machine rather than being promised and
+/// only failing when touched: Linux without "always overcommit" (vm.overcommit_memory = 1)
+/// refuses one allocation larger than its memory plus swap.
+fn allocation_fails(bytes: u64) -> bool {
+    let (Ok(mode), Ok(meminfo)) = (
+        std::fs::read_to_string("/proc/sys/vm/overcommit_memory"),
+        std::fs::read_to_string("/proc/meminfo"),
+    ) else {
+        return false;
+    };
+    let kib = |key: &str| {
+        meminfo.lines().find_map(|line| {
+            let kib = line.strip_prefix(key)?.trim().strip_suffix("kB")?;
+            kib.trim().parse::<u64>().ok()
+        })
+    };
+    match (kib("MemTotal:"), kib("SwapTotal:")) {
+        (Some(mem), Some(swap)) => mode.trim() != "1" && (mem + swap).saturating_mul(1024) < bytes,
+        _ => false,
+    }
+}
+
+#[test]
+fn class1_train_layers_of_overflowing_or_huge_sizes_are_errors_naming_the_tensor() {
+    assert_error(
+        "V·E overflows",
+        Embedding::<f32>::init(usize::MAX, 2, 1),
+        &["embedding.weight", "overflows"],
+    );
+    // 2^40 × 2^12 f32: 16 PiB, beyond any address space.
+    assert_error(
+        "huge embedding",
+        Embedding::<f32>::init(1 << 40, 1 << 12, 1),
+        &[
+            "embedding.weight",
+            "[1099511627776, 4096]",
+            "18014398509481984 bytes",
+        ],
+    );
+    assert_error(
+        "O·H overflows",
+        Linear::<f32>::init(usize::MAX / 2, 3, 1),
+        &["linear.weight", "overflows"],
+    );
+    assert_error(
+        "huge linear",
+        Linear::<f64>::init(1 << 40, 1 << 10, 1),
+        &[
+            "linear.weight",
+            "[1024, 1099511627776]",
+            "9007199254740992 bytes",
+        ],
+    );
+    // An empty weight, but a bias of 2^60 f32.
+    assert_error(
+        "huge bias",
+        Linear::<f32>::init(0, 1 << 60, 1),
+        &["linear.bias", "4611686018427387904 bytes"],
+    );
+    assert_error(
+        "O overflows",
+        Linear::<f32>::init(0, usize::MAX, 1),
+        &["linear.weight", "[18446744073709551615, 0]", "overflows"],
+    );
+    // The same through a model config that passes the size check (2^52 parameters).
+    let mut config = checkpoint_config(true);
+    config.input = ModelInput::Tokens {
+        vocab: 1 << 40,
+        dim: 1 << 12,
+    };
+    assert_error(
+        "model",
+        SeqModel::<f32>::init(&config, 1).map(|_| ()),
+        &["embedding.weight", "bytes"],
+    );
+    // The output layer's gradient scattered into 2^44 steps: 512 TiB.
+    assert_error(
+        "huge scatter",
+        Readout::LastStep.scatter(Array2::<f32>::ones((2, 4)), 1 << 44, 2),
+        &[
+            "grad_output",
+            "[17592186044416, 2, 4]",
+            "562949953421312 bytes",
+        ],
+    );
+    // Small sizes still work, H = 0 included (torch: an empty weight and a zero bias).
+    let linear = Linear::<f32>::init(0, 3, 1).unwrap();
+    assert_eq!(linear.bias, Array1::<f32>::zeros(3));
+    assert_eq!(
+        Embedding::<f64>::init(5, 3, 1).unwrap().weight.dim(),
+        (5, 3)
+    );
+}
+
+#[test]
+fn class1_params_of_a_valid_config_too_large_for_memory_are_an_error_naming_the_tensor() {
+    // No overflow (2^53 parameters), but weight_hh_l0 alone is 2^22 × 2^20 f32: 16 TiB.
+    let config = RnnConfig::new(CellKind::Lstm, 1, 1 << 20).layers(1000);
+    let words = ["weight_hh_l0", "[4194304, 1048576]", "17592186044416 bytes"];
+    assert_error(
+        "zeros",
+        RnnParams::<f32>::zeros(&config).map(|_| ()),
+        &words,
+    );
+    assert_error(
+        "init",
+        RnnParams::<f32>::init(&config, 1).map(|_| ()),
+        &words,
+    );
+}
+
+#[test]
+fn class1_a_cpu_workload_too_large_for_memory_is_an_error_naming_the_tensor() {
+    // Parameters of 67 MB and a cheap input (one value broadcast to T = 2^25 steps), but the
+    // output (T·B, H) of 2^25 × 2^12 f32 is 512 GiB.
+    let (t, h) = (1 << 25, 1 << 12);
+    let bytes = (t * h * 4) as u64;
+    if !allocation_fails(bytes) {
+        eprintln!("skipped: an allocation of {bytes} bytes may be promised here and fail late");
+        return;
+    }
+    let config = RnnConfig::new(CellKind::Rnn(Nonlinearity::Tanh), 1, h);
+    let params = RnnParams::<f32>::init(&config, 1).unwrap();
+    let one = Array3::from_elem((1, 1, 1), 0.5f32);
+    let x = one.broadcast((t, 1, 1)).unwrap();
+    let words = ["output", "[33554432, 4096]", "549755813888 bytes"];
+    assert_error(
+        "forward",
+        cpu::forward(&params, &SequenceBatch::new(x)).map(|_| ()),
+        &words,
+    );
+    assert_error(
+        "forward_train",
+        cpu::forward_train(&params, &SequenceBatch::new(x)).map(|_| ()),
+        &words,
     );
 }
 
@@ -442,7 +581,7 @@ fn class6_out_of_range_indices_are_errors() {
     short.layers.truncate(2);
     assert_error("missing layers", short.layer(1, 0), &["2 held"]);
 
-    let embedding = Embedding::<f32>::init(5, 3, 1);
+    let embedding = Embedding::<f32>::init(5, 3, 1).unwrap();
     let tokens = Array2::from_shape_vec((2, 2), vec![0, 4, 5, 1]).unwrap();
     assert_error("token", embedding.forward(tokens.view()), &["token id 5"]);
     let logits = Array2::<f32>::zeros((2, 3));
@@ -474,6 +613,135 @@ fn class6_out_of_range_indices_are_errors() {
     model.config.cell = CellKind::Lstm;
     model.config.hidden = 40;
     assert_error("forget bias", model.set_forget_bias(1.0), &["hidden"]);
+}
+
+// ---- Class 6: model tensors in any memory layout; no layout panics ----
+
+/// `model` with tensors stored in other layouts, values unchanged: column-major weights
+/// (`w.reversed_axes()` of a transposed copy) and a bias with a negative stride.
+fn relayout<F: Scalar>(model: &SeqModel<F>) -> SeqModel<F> {
+    let column_major = |a: &Array2<F>| a.t().as_standard_layout().into_owned().reversed_axes();
+    let mut odd = model.clone();
+    if let Some(e) = odd.embedding.as_mut() {
+        e.weight = column_major(&e.weight);
+    }
+    let l0 = &mut odd.rnn[0].layers[0];
+    l0.w_hh = column_major(&l0.w_hh);
+    let bias = odd.rnn[1].layers[0].b_ih.as_mut().unwrap();
+    let mut reversed: Array1<F> = bias.iter().rev().copied().collect();
+    reversed.invert_axis(Axis(0));
+    *bias = reversed;
+    odd.linear.weight = column_major(&odd.linear.weight);
+    assert_eq!(&odd, model, "the values are unchanged");
+    assert!(!odd.linear.weight.is_standard_layout() && !bias_layout_is_standard(&odd));
+    odd
+}
+
+fn bias_layout_is_standard<F: Scalar>(model: &SeqModel<F>) -> bool {
+    model.rnn[1].layers[0]
+        .b_ih
+        .as_ref()
+        .unwrap()
+        .is_standard_layout()
+}
+
+/// max |a − b| over all tensors.
+fn max_diff<F: Scalar>(a: &SeqModel<F>, b: &SeqModel<F>) -> f64 {
+    let (a, b) = (a.tensors().unwrap().concat(), b.tensors().unwrap().concat());
+    assert_eq!(a.len(), b.len());
+    a.iter()
+        .zip(&b)
+        .map(|(&x, &y)| (Scalar::to_f64(x) - Scalar::to_f64(y)).abs())
+        .fold(0.0, f64::max)
+}
+
+#[test]
+fn class6_a_model_in_non_standard_layout_is_named_by_tensors_and_trains_like_a_standard_one() {
+    let model = SeqModel::<f64>::init(&checkpoint_config(true), 5).unwrap();
+    let odd = relayout(&model);
+    assert_error(
+        "tensors",
+        odd.tensors(),
+        &["embedding.weight", "standard", "make_standard_layout"],
+    );
+    let mut partly = odd.clone();
+    partly.embedding = model.embedding.clone();
+    assert_error("tensors", partly.tensors(), &["weight_hh_l0", "standard"]);
+    partly.rnn[0] = model.rnn[0].clone();
+    assert_error("tensors", partly.tensors(), &["bias_ih_l1", "standard"]);
+    // Lengths, names and counts need no layout.
+    assert_eq!(odd.tensor_lens(), model.tensor_lens());
+    assert_eq!(odd.num_parameters(), model.num_parameters());
+    let names: Vec<String> = model.named().into_iter().map(|(name, _)| name).collect();
+    assert_eq!(odd.tensor_names(), names);
+    odd.validate().unwrap();
+
+    // The same loss and gradients (with dropout) as the standard-layout model.
+    let tokens = Array2::from_shape_fn((4, 2), |(t, b)| (t * 3 + b) % 5);
+    let classes: Vec<usize> = (0..8).map(|i| i % 3).collect();
+    let (inputs, targets) = (Inputs::Tokens(tokens.view()), Targets::Classes(&classes));
+    let key = Some(DropoutKey { seed: 1, step: 2 });
+    let (loss, grads) = model.loss_and_grads(&inputs, &targets, key).unwrap();
+    let (odd_loss, odd_grads) = odd.loss_and_grads(&inputs, &targets, key).unwrap();
+    assert!(
+        (odd_loss - loss).abs() <= 1e-12 * loss.abs(),
+        "{odd_loss} vs {loss}"
+    );
+    assert!(max_diff(&odd_grads, &grads) <= 1e-12);
+
+    // tensors_mut stores every tensor in standard layout, values unchanged.
+    let mut fixed = odd.clone();
+    let lens: Vec<usize> = fixed.tensors_mut().iter().map(|t| t.len()).collect();
+    assert_eq!(lens, model.tensor_lens());
+    assert_eq!(fixed.tensors().unwrap(), model.tensors().unwrap());
+    let mut fixed = odd.clone();
+    fixed.make_standard_layout();
+    assert_eq!(fixed.tensors().unwrap(), model.tensors().unwrap());
+
+    // Training steps through the Trainer, and a checkpoint of the model as given.
+    let (inputs, targets) = (Inputs::Tokens(tokens.view()), Targets::Classes(&classes));
+    let model = SeqModel::<f32>::init(&checkpoint_config(true), 5).unwrap();
+    let odd = relayout(&model);
+    let train = |m: &SeqModel<f32>| {
+        let optimizer = Optimizer::new(sgd(), &m.tensor_lens()).unwrap();
+        let mut trainer = Trainer::new(Backend::Cpu, m.clone(), optimizer).unwrap();
+        for step in 0..3 {
+            let key = Some(DropoutKey { seed: 1, step });
+            trainer
+                .step(&inputs, &targets, Clip::Norm(1.0), key)
+                .unwrap();
+        }
+        trainer.finish(None).unwrap()
+    };
+    let trained = train(&model);
+    assert!(max_diff(&train(&odd), &trained) <= 1e-6);
+    assert!(
+        max_diff(&trained, &model) > 1e-3,
+        "the steps changed the model"
+    );
+    let dir = TempDir::new("hostile");
+    let optimizer = Optimizer::new(sgd(), &odd.tensor_lens()).unwrap();
+    save_checkpoint(dir.path("c.safetensors"), &odd, &optimizer).unwrap();
+    let (loaded, _) = load_checkpoint::<f32>(dir.path("c.safetensors")).unwrap();
+    assert_eq!(loaded.tensors().unwrap(), model.tensors().unwrap());
+
+    let Some(ctx) = common::gpu() else { return };
+    let gpu_train = |m: &SeqModel<f32>| {
+        let mut trainer = GpuTrainer::new(ctx.clone(), m, sgd()).unwrap();
+        for step in 0..2 {
+            let key = Some(DropoutKey { seed: 1, step });
+            trainer
+                .step(&inputs, &targets, Clip::Norm(1.0), key)
+                .unwrap();
+        }
+        trainer.model().unwrap()
+    };
+    let on_gpu = gpu_train(&model);
+    assert_eq!(max_diff(&gpu_train(&odd), &on_gpu), 0.0);
+    assert!(
+        max_diff(&on_gpu, &model) > 1e-3,
+        "the GPU steps changed the model"
+    );
 }
 
 /// A valid file of each kind still loads (the hostile cases above are not vacuous).

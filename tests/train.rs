@@ -111,7 +111,12 @@ fn check_model_gradients(
             .0
     };
     let names = model.tensor_names();
-    let analytic: Vec<Vec<f64>> = grads.tensors().iter().map(|g| g.to_vec()).collect();
+    let analytic: Vec<Vec<f64>> = grads
+        .tensors()
+        .unwrap()
+        .iter()
+        .map(|g| g.to_vec())
+        .collect();
     let h = 1e-5;
     for (k, name) in names.iter().enumerate() {
         let len = analytic[k].len();
@@ -272,7 +277,7 @@ fn sgd_step_matches_hand_computation() {
         dy,                  // linear.bias
     ];
     let lr = 0.1;
-    let before: Vec<f64> = model.tensors().iter().map(|t| t[0]).collect();
+    let before: Vec<f64> = model.tensors().unwrap().iter().map(|t| t[0]).collect();
     let mut optimizer =
         Optimizer::new(OptimizerConfig::Sgd(SgdConfig::new(lr, 0.0)), &[1; 6]).unwrap();
     let x = Array3::from_shape_vec((2, 1, 1), vec![x1, x2]).unwrap();
@@ -287,7 +292,7 @@ fn sgd_step_matches_hand_computation() {
     )
     .unwrap();
     assert!((stats.loss - (y - target).powi(2)).abs() < 1e-14);
-    let after: Vec<f64> = model.tensors().iter().map(|t| t[0]).collect();
+    let after: Vec<f64> = model.tensors().unwrap().iter().map(|t| t[0]).collect();
     for (k, name) in model.tensor_names().iter().enumerate() {
         let expected = before[k] - lr * expected_grads[k];
         assert!(
@@ -567,9 +572,14 @@ fn gpu_resident_training_step_matches_cpu_step() {
         };
         let (t, b) = (5, 3);
         let mut cpu_model = SeqModel::<f32>::init(&config, 40 + case as u64).unwrap();
-        let initial = f64s(&cpu_model.tensors().concat());
+        let initial = f64s(&cpu_model.tensors().unwrap().concat());
         let adam = OptimizerConfig::Adam(AdamConfig::new(1e-2));
-        let lens: Vec<usize> = cpu_model.tensors().iter().map(|t| t.len()).collect();
+        let lens: Vec<usize> = cpu_model
+            .tensors()
+            .unwrap()
+            .iter()
+            .map(|t| t.len())
+            .collect();
         let mut cpu_opt = Optimizer::<f32>::new(adam, &lens).unwrap();
         let mut trainer = GpuTrainer::new(ctx.clone(), &cpu_model, adam).unwrap();
         for step in 0..2u32 {
@@ -602,8 +612,8 @@ fn gpu_resident_training_step_matches_cpu_step() {
                 (gpu_eval - cpu_eval).abs() <= 1e-5 * cpu_eval.abs(),
                 "{cell:?} step {step}: evaluation loss gpu {gpu_eval} cpu {cpu_eval}"
             );
-            let got = f64s(&trainer.model().unwrap().tensors().concat());
-            let want = f64s(&cpu_model.tensors().concat());
+            let got = f64s(&trainer.model().unwrap().tensors().unwrap().concat());
+            let want = f64s(&cpu_model.tensors().unwrap().concat());
             let err = rel_err(&got, &want);
             assert!(
                 err < 1e-5,

@@ -13,7 +13,9 @@ use std::time::Instant;
 
 use ndarray::{Array3, ArrayD, IxDyn};
 use numpy::{PyArray1, PyArrayDyn, PyArrayMethods, PyReadonlyArrayDyn, PyUntypedArrayMethods};
-use pyo3::exceptions::{PyNotImplementedError, PyOSError, PyRuntimeError, PyValueError};
+use pyo3::exceptions::{
+    PyMemoryError, PyNotImplementedError, PyOSError, PyRuntimeError, PyValueError,
+};
 use pyo3::prelude::*;
 use pyo3::types::PyDict;
 use wgpu_rnn::gpu::{enumerate_adapters, GpuContext, GpuOptions, GpuRnn, GpuStream, GpuTape};
@@ -23,8 +25,9 @@ use wgpu_rnn::{
 };
 
 /// The Python exception for a library error: OSError for files, RuntimeError for the device
-/// (NotImplementedError, a RuntimeError, for what the library does not provide), ValueError
-/// for every shape, value or configuration problem. The message is the library's.
+/// (NotImplementedError, a RuntimeError, for what the library does not provide), MemoryError
+/// for host memory that could not be allocated, ValueError for every shape, value or
+/// configuration problem. The message is the library's.
 fn to_py_err(error: RnnError) -> PyErr {
     let message = error.to_string();
     match error {
@@ -33,6 +36,7 @@ fn to_py_err(error: RnnError) -> PyErr {
             PyRuntimeError::new_err(message)
         }
         RnnError::Unsupported(_) => PyNotImplementedError::new_err(message),
+        RnnError::Allocation { .. } => PyMemoryError::new_err(message),
         _ => PyValueError::new_err(message),
     }
 }

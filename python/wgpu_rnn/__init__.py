@@ -7,8 +7,9 @@
 
 Inputs are anything numpy can view as a real floating array (numpy arrays, torch CPU tensors),
 taken as float32; outputs are numpy float32 arrays. Bad shapes or values raise ValueError, a
-wrong dtype TypeError, device problems RuntimeError, each with wgpu-rnn's message. The GIL is
-released while the library works. `wgpu_rnn.torch` has `torch.nn.Module` drop-ins.
+wrong dtype TypeError, device problems RuntimeError, host memory that a workload needs but
+cannot get MemoryError, each with wgpu-rnn's message. The GIL is released while the library
+works. `wgpu_rnn.torch` has `torch.nn.Module` drop-ins.
 """
 
 import numbers

@@ -3,6 +3,7 @@
 //! fault per 4 KiB, about a third of a call's time at batch 16 (measured in
 //! docs/PERFORMANCE.md). At most [`POOL_BYTES`] are kept.
 
+use crate::error::{try_zeros, Result};
 use crate::scalar::Scalar;
 use ndarray::Array2;
 use std::any::Any;
@@ -14,22 +15,27 @@ const POOL_BYTES: usize = 128 << 20;
 /// Kept buffers (each a `Vec<F>` of f32 or f64) and their bytes in all.
 static POOL: Mutex<(Vec<Box<dyn Any + Send>>, usize)> = Mutex::new((Vec::new(), 0));
 
-/// A (rows, cols) matrix whose elements are all to be written before they are read: a kept
-/// buffer when one is large enough, holding stale values.
-pub(super) fn scratch<F: Scalar>(rows: usize, cols: usize) -> Array2<F> {
-    let len = rows * cols;
-    let mut data = take::<F>(len).unwrap_or_default();
-    // Only the part beyond the kept buffer's length is written here.
+/// A (rows, cols) matrix for `tensor` whose elements are all to be written before they are
+/// read: a kept buffer when one is large enough (stale values), else a new one of zeros; an
+/// error naming `tensor` where the memory cannot be had.
+pub(super) fn scratch<F: Scalar>(tensor: &str, rows: usize, cols: usize) -> Result<Array2<F>> {
+    let kept = rows
+        .checked_mul(cols)
+        .and_then(|len| Some((len, take::<F>(len)?)));
+    let Some((len, mut data)) = kept else {
+        return try_zeros(tensor, (rows, cols));
+    };
+    // Within the kept buffer's capacity: nothing is allocated.
     data.resize(len, F::zero());
-    Array2::from_shape_vec((rows, cols), data)
-        .unwrap_or_else(|_| unreachable!("rows · cols elements"))
+    Ok(Array2::from_shape_vec((rows, cols), data)
+        .unwrap_or_else(|_| unreachable!("rows · cols elements")))
 }
 
-/// A (rows, cols) matrix of zeros, in a kept buffer when one is large enough.
-pub(super) fn zeros<F: Scalar>(rows: usize, cols: usize) -> Array2<F> {
-    let mut a = scratch(rows, cols);
+/// A (rows, cols) matrix of zeros for `tensor`, in a kept buffer when one is large enough.
+pub(super) fn zeros<F: Scalar>(tensor: &str, rows: usize, cols: usize) -> Result<Array2<F>> {
+    let mut a = scratch(tensor, rows, cols)?;
     a.fill(F::zero());
-    a
+    Ok(a)
 }
 
 /// Keeps `a`'s buffer for a later call, if the pool has room for it.
@@ -80,14 +86,14 @@ mod tests {
         // test takes it in between.
         let (rows, cols) = (7, 100_003);
         recycle(Array2::<f64>::from_elem((rows, cols), 1.5));
-        let a = scratch::<f64>(rows, cols - 2);
+        let a = scratch::<f64>("a", rows, cols - 2).unwrap();
         assert_eq!(a.dim(), (rows, cols - 2));
         assert!(
             a.iter().all(|&v| v == 1.5),
             "the kept buffer, stale values and all"
         );
         recycle(a);
-        let z = zeros::<f64>(rows, cols - 1);
+        let z = zeros::<f64>("z", rows, cols - 1).unwrap();
         assert_eq!(z.dim(), (rows, cols - 1));
         assert!(z.iter().all(|&v| v == 0.0));
     }

@@ -7,11 +7,12 @@ use super::threads::{SharedMatrix, Team};
 use super::{gru, lstm, pool, rnn};
 use crate::batch::{check_params, ForwardOutput, Gradients, SequenceBatch, UpstreamGrads};
 use crate::config::{CellKind, RnnConfig};
-use crate::error::{Result, RnnError};
+use crate::error::{try_zeros, Result, RnnError};
 use crate::params::{LayerParams, RnnParams};
 use crate::scalar::Scalar;
 use ndarray::{s, Array2, Array3, ArrayView2, ArrayView3, ArrayViewMut2, Axis};
 use std::ops::Range;
+use std::sync::Mutex;
 
 /// What the backward pass needs from a training forward pass.
 #[derive(Clone, Debug)]
@@ -48,14 +49,17 @@ struct DirectionTape<F: Scalar> {
 }
 
 impl<F: Scalar> DirectionTape<F> {
-    fn new(cell: CellKind, hidden: usize, rows: usize, blocks: Vec<Range<usize>>) -> Self {
+    fn new(cell: CellKind, hidden: usize, rows: usize, blocks: Vec<Range<usize>>) -> Result<Self> {
         // Every element is written by the forward before anything reads it.
-        DirectionTape {
+        Ok(DirectionTape {
             blocks,
-            h_prev: pool::scratch(rows, hidden),
-            c_prev: cell.has_cell_state().then(|| pool::scratch(rows, hidden)),
-            saved: pool::scratch(rows, saved_blocks(cell) * hidden),
-        }
+            h_prev: pool::scratch("tape h_prev", rows, hidden)?,
+            c_prev: cell
+                .has_cell_state()
+                .then(|| pool::scratch("tape c_prev", rows, hidden))
+                .transpose()?,
+            saved: pool::scratch("tape saved activations", rows, saved_blocks(cell) * hidden)?,
+        })
     }
 }
 
@@ -199,13 +203,22 @@ impl<'a, F: Scalar> Direction<'a, F> {
         state: State<F>,
         out: ArrayViewMut2<'_, F>,
         tape: Option<&mut DirectionTape<F>>,
-    ) -> State<F> {
+    ) -> Result<State<F>> {
         let p = self.params;
         let (b, hidden) = (self.steps.batch, p.w_hh.ncols());
         let gates = p.w_hh.nrows() / hidden;
         let saved_width = saved_blocks(self.cell);
         let order = block_gate_order(blocks, gates, hidden);
         let chunk = (PROJECTION_ROWS / b.max(1)).clamp(1, self.steps.seq_len.max(1));
+        // Each worker's input projection of `chunk` steps at a time, biases included; rows
+        // (t − chunk_start)·B + b. A lock each, taken once by its worker.
+        let gx_buffers = blocks
+            .iter()
+            .map(|units| {
+                let cols = gates * units.len();
+                pool::scratch("input projection", chunk * b, cols).map(Mutex::new)
+            })
+            .collect::<Result<Vec<_>>>()?;
         // h entering step s is in h_buffers[s % 2]; each worker writes its units of the other.
         let mut h_buffers = [state.h.clone(), state.h];
         let mut c_final = state.c;
@@ -234,9 +247,9 @@ impl<'a, F: Scalar> Direction<'a, F> {
                 let w_hh = PackedMatrix::transposed_rows(p.w_hh.view(), block_rows);
                 let b_ih = p.b_ih.as_ref().map(|bias| bias.select(Axis(0), block_rows));
                 let b_hh = p.b_hh.as_ref().map(|bias| bias.select(Axis(0), block_rows));
-                // The input projection of `chunk` steps at a time, biases included; rows
-                // (t − chunk_start)·B + b.
-                let mut gx = pool::scratch(chunk * b, gate_cols.len());
+                let mut gx = gx_buffers[k]
+                    .lock()
+                    .unwrap_or_else(|poisoned| poisoned.into_inner());
                 let mut chunk_start = 0;
                 let mut gh = Array2::zeros((b, gate_cols.len()));
                 let mut scratch = record
@@ -309,18 +322,23 @@ impl<'a, F: Scalar> Direction<'a, F> {
                 if let (Some(c_shared), Some(c)) = (&c_shared, &c) {
                     unsafe { c_shared.block_mut(0..b, units) }.assign(c);
                 }
-                pool::recycle(gx);
             });
         }
+        for gx in gx_buffers {
+            pool::recycle(
+                gx.into_inner()
+                    .unwrap_or_else(|poisoned| poisoned.into_inner()),
+            );
+        }
         let [even, odd] = h_buffers;
-        State {
+        Ok(State {
             h: if self.steps.seq_len.is_multiple_of(2) {
                 even
             } else {
                 odd
             },
             c: c_final,
-        }
+        })
     }
 
     /// Backpropagates through the direction: `dout` (T·B, H) is d loss/d h_t, `dstate` the
@@ -337,7 +355,7 @@ impl<'a, F: Scalar> Direction<'a, F> {
         mut dstate: State<F>,
         grads: &mut LayerParams<F>,
         dx: ArrayViewMut2<'_, F>,
-    ) -> State<F> {
+    ) -> Result<State<F>> {
         let p = self.params;
         let (b, hidden, inputs) = (self.steps.batch, p.w_hh.ncols(), x.ncols());
         let gates = p.w_hh.nrows() / hidden;
@@ -348,11 +366,13 @@ impl<'a, F: Scalar> Direction<'a, F> {
         // Gate pre-activation gradients of all steps, input side and (GRU only) hidden side;
         // and the weight gradients, rows in block order. Every element is written by the loop
         // below before anything reads it.
-        let mut dg_x = pool::scratch::<F>(self.steps.seq_len * b, order.len());
-        let mut dg_h_gru =
-            (self.cell == CellKind::Gru).then(|| pool::scratch(dg_x.nrows(), dg_x.ncols()));
-        let mut dw_ih = pool::zeros::<F>(order.len(), inputs);
-        let mut dw_hh = pool::zeros::<F>(order.len(), hidden);
+        let (rows, cols) = (self.steps.seq_len * b, order.len());
+        let mut dg_x = pool::scratch::<F>("gate gradients", rows, cols)?;
+        let mut dg_h_gru = (self.cell == CellKind::Gru)
+            .then(|| pool::scratch("hidden gate gradients", rows, cols))
+            .transpose()?;
+        let mut dw_ih = pool::zeros::<F>("weight_ih gradient", order.len(), inputs)?;
+        let mut dw_hh = pool::zeros::<F>("weight_hh gradient", order.len(), hidden)?;
         {
             let dg_x = SharedMatrix::new(dg_x.view_mut());
             let dg_h_gru = dg_h_gru.as_mut().map(|d| SharedMatrix::new(d.view_mut()));
@@ -479,7 +499,7 @@ impl<'a, F: Scalar> Direction<'a, F> {
         for a in [dg_x, dw_ih, dw_hh].into_iter().chain(dg_h_gru) {
             pool::recycle(a);
         }
-        dstate
+        Ok(dstate)
     }
 }
 
@@ -494,30 +514,42 @@ fn block_gate_order(blocks: &[Range<usize>], gates: usize, hidden: usize) -> Vec
 }
 
 /// A sequence tensor as seq-major rows (T·B, F), permuting (B, T, F) when batch_first.
-fn sequence_rows<F: Scalar>(a: ArrayView3<'_, F>, batch_first: bool) -> Array2<F> {
+fn sequence_rows<F: Scalar>(
+    tensor: &str,
+    a: ArrayView3<'_, F>,
+    batch_first: bool,
+) -> Result<Array2<F>> {
     let a = if batch_first {
         a.permuted_axes([1, 0, 2])
     } else {
         a
     };
     let (t, b, f) = a.dim();
-    let mut rows = pool::scratch(t * b, f);
+    let mut rows = pool::scratch(tensor, t * b, f)?;
     for (mut to, from) in rows.rows_mut().into_iter().zip(a.rows()) {
         to.assign(&from);
     }
-    rows
+    Ok(rows)
 }
 
 /// Seq-major rows (T·B, F) back to (T, B, F), or (B, T, F) when batch_first.
-fn sequence_tensor<F: Scalar>(rows: Array2<F>, t: usize, b: usize, batch_first: bool) -> Array3<F> {
+fn sequence_tensor<F: Scalar>(
+    tensor: &str,
+    rows: Array2<F>,
+    t: usize,
+    b: usize,
+    batch_first: bool,
+) -> Result<Array3<F>> {
     let f = rows.ncols();
     let a = Array3::from_shape_vec((t, b, f), rows.into_raw_vec_and_offset().0)
         .unwrap_or_else(|_| unreachable!("a standard-layout array reshapes"));
-    if batch_first {
-        a.permuted_axes([1, 0, 2]).as_standard_layout().into_owned()
-    } else {
-        a
+    if !batch_first {
+        return Ok(a);
     }
+    let mut out = try_zeros(tensor, (b, t, f))?;
+    out.assign(&a.view().permuted_axes([1, 0, 2]));
+    pool::recycle_vec(a.into_raw_vec_and_offset().0);
+    Ok(out)
 }
 
 /// State `index` of an optional (L·D, B, H) tensor, zeros when absent.
@@ -548,16 +580,17 @@ pub(super) fn run_forward<F: Scalar>(
     let states = config.num_layers * d;
     let steps = Steps::new(t, b, batch.lengths);
     let blocks = team.blocks(hidden);
-    let mut h_n = Array3::zeros((states, b, hidden));
+    let mut h_n = try_zeros("h_n", (states, b, hidden))?;
     let mut c_n = cell
         .has_cell_state()
-        .then(|| Array3::zeros((states, b, hidden)));
+        .then(|| try_zeros("c_n", (states, b, hidden)))
+        .transpose()?;
     let mut layer_inputs = Vec::new();
     let mut directions = Vec::new();
-    let mut x = sequence_rows(batch.input, config.batch_first);
+    let mut x = sequence_rows("input", batch.input, config.batch_first)?;
     for layer in 0..config.num_layers {
         // Every element is written by the directions' forwards.
-        let mut out = pool::scratch(t * b, d * hidden);
+        let mut out = pool::scratch("output", t * b, d * hidden)?;
         for dir in 0..d {
             let index = layer * d + dir;
             let direction = Direction::new(team, params, &steps, layer, dir);
@@ -568,9 +601,11 @@ pub(super) fn run_forward<F: Scalar>(
                 index,
                 (b, hidden),
             );
-            let mut tape = train.then(|| DirectionTape::new(cell, hidden, t * b, blocks.clone()));
+            let mut tape = train
+                .then(|| DirectionTape::new(cell, hidden, t * b, blocks.clone()))
+                .transpose()?;
             let out_dir = out.slice_mut(s![.., dir * hidden..(dir + 1) * hidden]);
-            let last = direction.forward(&blocks, x.view(), initial, out_dir, tape.as_mut());
+            let last = direction.forward(&blocks, x.view(), initial, out_dir, tape.as_mut())?;
             h_n.index_axis_mut(Axis(0), index).assign(&last.h);
             if let (Some(c_n), Some(c)) = (c_n.as_mut(), &last.c) {
                 c_n.index_axis_mut(Axis(0), index).assign(c);
@@ -585,7 +620,7 @@ pub(super) fn run_forward<F: Scalar>(
         }
     }
     let output = ForwardOutput {
-        output: sequence_tensor(x, t, b, config.batch_first),
+        output: sequence_tensor("output", x, t, b, config.batch_first)?,
         h_n,
         c_n,
     };
@@ -633,15 +668,16 @@ pub(super) fn run_backward<F: Scalar>(
         _ => team,
     };
     let mut grads = RnnParams::zeros(config)?;
-    let mut dh0 = Array3::zeros((states, b, hidden));
+    let mut dh0 = try_zeros("grad_h0", (states, b, hidden))?;
     let mut dc0 = cell
         .has_cell_state()
-        .then(|| Array3::zeros((states, b, hidden)));
+        .then(|| try_zeros("grad_c0", (states, b, hidden)))
+        .transpose()?;
     // d loss / d (output of the current layer), seq-major rows.
-    let mut d_out = sequence_rows(upstream.output, config.batch_first);
+    let mut d_out = sequence_rows("grad_output", upstream.output, config.batch_first)?;
     for layer in (0..config.num_layers).rev() {
         let x = &tape.layer_inputs[layer];
-        let mut dx = pool::zeros(x.nrows(), x.ncols());
+        let mut dx = pool::zeros("grad_input", x.nrows(), x.ncols())?;
         for dir in 0..d {
             let index = layer * d + dir;
             let direction = Direction::new(team, params, &steps, layer, dir);
@@ -659,7 +695,7 @@ pub(super) fn run_backward<F: Scalar>(
                 final_grad,
                 &mut grads.layers[index],
                 dx.view_mut(),
-            );
+            )?;
             dh0.index_axis_mut(Axis(0), index).assign(&initial_grad.h);
             if let (Some(dc0), Some(dc)) = (dc0.as_mut(), &initial_grad.c) {
                 dc0.index_axis_mut(Axis(0), index).assign(dc);
@@ -669,7 +705,7 @@ pub(super) fn run_backward<F: Scalar>(
     }
     Ok(Gradients {
         params: grads,
-        input: sequence_tensor(d_out, t, b, config.batch_first),
+        input: sequence_tensor("grad_input", d_out, t, b, config.batch_first)?,
         h0: dh0,
         c0: dc0,
     })

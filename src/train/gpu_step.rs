@@ -230,10 +230,14 @@ impl GpuTrainer {
     ) -> Result<Self> {
         model.validate()?;
         optimizer.check_lens(&model.tensor_lens())?;
+        // The host copy in standard layout, whatever layout the caller's tensors are in.
+        let mut host = model.clone();
+        host.make_standard_layout();
+        let model = &host;
         // Every tensor starts where a storage binding may: the layers bind views of it.
         let align = ctx.limits().min_storage_buffer_offset_alignment as usize / 4;
         let layout = FlatLayout::aligned(&model.tensor_lens(), align)?;
-        let flat = layout.flatten(&model.tensors(), 0.0)?;
+        let flat = layout.flatten(&model.tensors()?, 0.0)?;
         let params = GpuTensor::from_slice(&ctx, "parameters", &[flat.len()], &flat)?;
         // NaN until written (zero between tensors): an element the step missed would show up
         // in the parameters.
@@ -255,7 +259,7 @@ impl GpuTrainer {
             loss_sum: GpuTensor::zeros(&ctx, "loss sum", &[1])?,
             log: StepLog::new(&ctx)?,
             ctx,
-            model: model.clone(),
+            model: host,
             layers,
             layer_grads,
             params,

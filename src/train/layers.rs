@@ -1,6 +1,6 @@
 //! The layers around the RNN: token embedding and the time-distributed linear output layer.
 
-use crate::error::{check_shape, Result, RnnError};
+use crate::error::{check_shape, try_zeros, Result, RnnError};
 use crate::scalar::Scalar;
 use ndarray::{Array1, Array2, Array3, ArrayView2, ArrayView3, Axis};
 use rand::{RngExt, SeedableRng};
@@ -13,16 +13,18 @@ pub struct Embedding<F> {
 }
 
 impl<F: Scalar> Embedding<F> {
-    /// torch's default init: N(0, 1), reproducible from `seed`.
-    pub fn init(vocab: usize, dim: usize, seed: u64) -> Self {
+    /// torch's default init: N(0, 1), reproducible from `seed`. Sizes whose table overflows
+    /// or does not fit in memory are an error naming `embedding.weight` and its size.
+    pub fn init(vocab: usize, dim: usize, seed: u64) -> Result<Self> {
+        let mut weight: Array2<F> = try_zeros("embedding.weight", (vocab, dim))?;
         let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
-        let weight = Array2::from_shape_simple_fn((vocab, dim), || {
+        weight.iter_mut().for_each(|w| {
             // Box–Muller from two uniforms in (0, 1].
             let u1: f64 = 1.0 - rng.random::<f64>();
             let u2: f64 = rng.random::<f64>();
-            F::from_f64((-2.0 * u1.ln()).sqrt() * (std::f64::consts::TAU * u2).cos())
+            *w = F::from_f64((-2.0 * u1.ln()).sqrt() * (std::f64::consts::TAU * u2).cos());
         });
-        Embedding { weight }
+        Ok(Embedding { weight })
     }
 
     /// V.
@@ -39,7 +41,7 @@ impl<F: Scalar> Embedding<F> {
     pub fn forward(&self, tokens: ArrayView2<'_, usize>) -> Result<Array3<F>> {
         self.check_tokens(tokens)?;
         let (t, b) = tokens.dim();
-        let mut out = Array3::zeros((t, b, self.dim()));
+        let mut out: Array3<F> = try_zeros("embedded input", (t, b, self.dim()))?;
         for ((ti, bi), &tok) in tokens.indexed_iter() {
             out.slice_mut(ndarray::s![ti, bi, ..])
                 .assign(&self.weight.row(tok));
@@ -96,14 +98,20 @@ pub struct LinearGrads<F> {
 }
 
 impl<F: Scalar> Linear<F> {
-    /// torch's default init: weight and bias from U(−1/√H, 1/√H), reproducible from `seed`.
-    pub fn init(input: usize, output: usize, seed: u64) -> Self {
-        let bound = 1.0 / (input as f64).sqrt();
-        let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
-        let mut draw = || F::from_f64(rng.random_range(-bound..bound));
-        let weight = Array2::from_shape_simple_fn((output, input), &mut draw);
-        let bias = Array1::from_shape_simple_fn(output, &mut draw);
-        Linear { weight, bias }
+    /// torch's default init: weight and bias from U(−1/√H, 1/√H), reproducible from `seed`
+    /// (H = 0: an empty weight and a zero bias, as torch). Sizes whose tensors overflow or do
+    /// not fit in memory are an error naming `linear.weight` or `linear.bias` and the size.
+    pub fn init(input: usize, output: usize, seed: u64) -> Result<Self> {
+        let mut weight: Array2<F> = try_zeros("linear.weight", (output, input))?;
+        let mut bias: Array1<F> = try_zeros("linear.bias", output)?;
+        if input > 0 {
+            let bound = 1.0 / (input as f64).sqrt();
+            let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+            for v in weight.iter_mut().chain(bias.iter_mut()) {
+                *v = F::from_f64(rng.random_range(-bound..bound));
+            }
+        }
+        Ok(Linear { weight, bias })
     }
 
     /// H.
@@ -166,8 +174,9 @@ impl Readout {
         }
         match self {
             Readout::EveryStep => {
-                Array2::from_shape_vec((t * b, width), h.iter().copied().collect())
-                    .map_err(|e| RnnError::Config(format!("readout rows: {e}")))
+                let mut rows: Array2<F> = try_zeros("readout rows", (t * b, width))?;
+                rows.iter_mut().zip(h.iter()).for_each(|(r, &v)| *r = v);
+                Ok(rows)
             }
             Readout::LastStep => Ok(h.index_axis(Axis(0), t - 1).to_owned()),
         }
@@ -198,11 +207,14 @@ impl Readout {
         check_shape("grad_selected_rows", &[rows, width], grad_rows.shape())?;
         match self {
             Readout::EveryStep => {
-                Array3::from_shape_vec((t, b, width), grad_rows.iter().copied().collect())
-                    .map_err(|e| RnnError::Config(format!("readout gradient: {e}")))
+                let mut out: Array3<F> = try_zeros("grad_output", (t, b, width))?;
+                out.iter_mut()
+                    .zip(grad_rows.iter())
+                    .for_each(|(o, &g)| *o = g);
+                Ok(out)
             }
             Readout::LastStep => {
-                let mut out = Array3::zeros((t, b, width));
+                let mut out: Array3<F> = try_zeros("grad_output", (t, b, width))?;
                 out.index_axis_mut(Axis(0), t - 1).assign(&grad_rows);
                 Ok(out)
             }

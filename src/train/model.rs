@@ -13,10 +13,12 @@ use super::loss::{cross_entropy, mse, LossGrad};
 use crate::batch::{check_finite, SequenceBatch, UpstreamGrads};
 use crate::config::{CellKind, RnnConfig};
 use crate::cpu;
-use crate::error::{check_shape, Result, RnnError};
-use crate::params::{check_named_shapes, param_count, param_shapes, RnnParams};
+use crate::error::{check_shape, try_zeros, Result, RnnError};
+use crate::params::{
+    check_named_shapes, param_count, param_name, param_shapes, ParamKind, RnnParams,
+};
 use crate::scalar::Scalar;
-use ndarray::{Array2, Array3, ArrayD, ArrayView2, ArrayView3};
+use ndarray::{Array2, Array3, ArrayD, ArrayView2, ArrayView3, ArrayViewD};
 use std::collections::HashMap;
 
 /// What the model reads at each step.
@@ -179,13 +181,13 @@ impl<F: Scalar> SeqModel<F> {
     pub fn init(config: &SeqModelConfig, seed: u64) -> Result<Self> {
         config.validate()?;
         let embedding = match config.input {
-            ModelInput::Tokens { vocab, dim } => Some(Embedding::init(vocab, dim, seed ^ 0xE3B0)),
+            ModelInput::Tokens { vocab, dim } => Some(Embedding::init(vocab, dim, seed ^ 0xE3B0)?),
             ModelInput::Features(_) => None,
         };
         let rnn = (0..config.layers)
             .map(|k| RnnParams::init(&config.layer_config(k), seed.wrapping_add(1 + k as u64)))
             .collect::<Result<_>>()?;
-        let linear = Linear::init(config.hidden, config.outputs, seed ^ 0x11AE);
+        let linear = Linear::init(config.hidden, config.outputs, seed ^ 0x11AE)?;
         Ok(SeqModel {
             config: *config,
             embedding,
@@ -261,45 +263,66 @@ impl<F: Scalar> SeqModel<F> {
 
     /// The names of [`SeqModel::tensors`], in the same order.
     pub fn tensor_names(&self) -> Vec<String> {
-        self.named().into_iter().map(|(name, _)| name).collect()
+        self.views().into_iter().map(|(name, _)| name).collect()
     }
 
-    /// Every tensor as a flat slice, in [`SeqModel::named`] order.
-    pub fn tensors(&self) -> Vec<&[F]> {
-        let mut out: Vec<&[F]> = Vec::new();
+    /// Every tensor with its torch name, as views, in [`SeqModel::named`] order (which names
+    /// the RNN layers' tensors as one unidirectional torch network does).
+    fn views(&self) -> Vec<(String, ArrayViewD<'_, F>)> {
+        let mut out = Vec::new();
         if let Some(e) = &self.embedding {
-            out.push(flat(&e.weight));
+            out.push(("embedding.weight".into(), e.weight.view().into_dyn()));
         }
-        for p in &self.rnn {
-            for l in &p.layers {
-                out.push(flat(&l.w_ih));
-                out.push(flat(&l.w_hh));
-                out.extend(l.b_ih.iter().map(flat));
-                out.extend(l.b_hh.iter().map(flat));
+        for (k, l) in self.rnn.iter().flat_map(|p| &p.layers).enumerate() {
+            let name = |kind| param_name(kind, k, 0);
+            out.push((name(ParamKind::WeightIh), l.w_ih.view().into_dyn()));
+            out.push((name(ParamKind::WeightHh), l.w_hh.view().into_dyn()));
+            let biases = [(ParamKind::BiasIh, &l.b_ih), (ParamKind::BiasHh, &l.b_hh)];
+            for (kind, b) in biases {
+                out.extend(b.as_ref().map(|b| (name(kind), b.view().into_dyn())));
             }
         }
-        out.push(flat(&self.linear.weight));
-        out.push(flat(&self.linear.bias));
+        out.push(("linear.weight".into(), self.linear.weight.view().into_dyn()));
+        out.push(("linear.bias".into(), self.linear.bias.view().into_dyn()));
         out
     }
 
-    /// Every tensor as a flat mutable slice, in [`SeqModel::named`] order.
+    /// Every tensor as a flat slice of its elements in row-major order, in
+    /// [`SeqModel::named`] order. A tensor that is not in standard (row-major, contiguous)
+    /// layout, as a user may assign to the public fields (`w.reversed_axes()`), is not one
+    /// slice: an error naming the first such tensor. [`SeqModel::make_standard_layout`] (or
+    /// [`SeqModel::tensors_mut`]) brings every tensor into standard layout.
+    pub fn tensors(&self) -> Result<Vec<&[F]>> {
+        self.views()
+            .into_iter()
+            .map(|(name, view)| view.to_slice().ok_or(RnnError::Layout { tensor: name }))
+            .collect()
+    }
+
+    /// Every tensor as a flat mutable slice, in [`SeqModel::named`] order. A tensor that is
+    /// not in standard layout is first stored in it, values unchanged (see
+    /// [`SeqModel::make_standard_layout`]).
     pub fn tensors_mut(&mut self) -> Vec<&mut [F]> {
         let mut out: Vec<&mut [F]> = Vec::new();
         if let Some(e) = &mut self.embedding {
-            out.push(flat_mut(&mut e.weight));
+            out.push(standard_slice_mut(&mut e.weight));
         }
-        for p in &mut self.rnn {
-            for l in &mut p.layers {
-                out.push(flat_mut(&mut l.w_ih));
-                out.push(flat_mut(&mut l.w_hh));
-                out.extend(l.b_ih.iter_mut().map(flat_mut));
-                out.extend(l.b_hh.iter_mut().map(flat_mut));
-            }
+        for l in self.rnn.iter_mut().flat_map(|p| &mut p.layers) {
+            out.push(standard_slice_mut(&mut l.w_ih));
+            out.push(standard_slice_mut(&mut l.w_hh));
+            out.extend(l.b_ih.as_mut().map(standard_slice_mut));
+            out.extend(l.b_hh.as_mut().map(standard_slice_mut));
         }
-        out.push(flat_mut(&mut self.linear.weight));
-        out.push(flat_mut(&mut self.linear.bias));
+        out.push(standard_slice_mut(&mut self.linear.weight));
+        out.push(standard_slice_mut(&mut self.linear.bias));
         out
+    }
+
+    /// Stores every tensor that is not in standard (row-major, contiguous) layout in it,
+    /// values unchanged; tensors already in it are not touched. Afterwards
+    /// [`SeqModel::tensors`] succeeds.
+    pub fn make_standard_layout(&mut self) {
+        self.tensors_mut();
     }
 
     /// Builds a model of `config` from named tensors (see [`SeqModel::named`]); a missing,
@@ -322,8 +345,8 @@ impl<F: Scalar> SeqModel<F> {
         Ok(model)
     }
 
-    /// Checks every tensor's shape against the config, that its values are finite and that it
-    /// is in standard layout.
+    /// Checks every tensor's shape against the config and that its values are finite. Any
+    /// memory layout is accepted: only [`SeqModel::tensors`] needs standard layout.
     pub fn validate(&self) -> Result<()> {
         self.config.validate()?;
         if self.rnn.len() != self.config.layers {
@@ -368,25 +391,12 @@ impl<F: Scalar> SeqModel<F> {
         )?;
         check_finite("linear.weight", &self.linear.weight)?;
         check_finite("linear.bias", &self.linear.bias)?;
-        let standard = self.embedding.iter().all(|e| e.weight.is_standard_layout())
-            && self.rnn.iter().flat_map(|p| &p.layers).all(|l| {
-                l.w_ih.is_standard_layout()
-                    && l.w_hh.is_standard_layout()
-                    && l.b_ih.iter().chain(&l.b_hh).all(|b| b.is_standard_layout())
-            })
-            && self.linear.weight.is_standard_layout()
-            && self.linear.bias.is_standard_layout();
-        if !standard {
-            return Err(RnnError::Config(
-                "model tensors must be in standard (row-major, contiguous) layout".into(),
-            ));
-        }
         Ok(())
     }
 
-    /// The length of every tensor, in [`SeqModel::tensors`] order.
+    /// The length of every tensor, in [`SeqModel::tensors`] order (any layout).
     pub fn tensor_lens(&self) -> Vec<usize> {
-        self.tensors().iter().map(|t| t.len()).collect()
+        self.views().iter().map(|(_, t)| t.len()).collect()
     }
 
     /// Total number of scalar parameters.
@@ -397,7 +407,11 @@ impl<F: Scalar> SeqModel<F> {
     /// The RNN input sequence (T, B, I) of `inputs`.
     fn embed(&self, inputs: &Inputs<'_, F>) -> Result<Array3<F>> {
         match (inputs, &self.embedding) {
-            (Inputs::Features(x), None) => Ok(x.to_owned()),
+            (Inputs::Features(x), None) => {
+                let mut owned: Array3<F> = try_zeros("input", x.raw_dim())?;
+                owned.assign(x);
+                Ok(owned)
+            }
             (Inputs::Tokens(tokens), Some(e)) => e.forward(tokens.view()),
             (Inputs::Features(_), Some(_)) => Err(RnnError::Config(
                 "this model reads token ids, got feature vectors".into(),
@@ -421,7 +435,7 @@ impl<F: Scalar> SeqModel<F> {
             let (out, tape) = cpu::forward_train(layer, &SequenceBatch::new(x.view()))?;
             x = out.output;
             if let Some(key) = dropout {
-                drop.apply(flat_mut(&mut x), key.seed, self.stream(key, k))?;
+                drop.apply(standard_slice_mut(&mut x), key.seed, self.stream(key, k))?;
             }
             tapes.push(tape);
         }
@@ -470,7 +484,11 @@ impl<F: Scalar> SeqModel<F> {
         let drop = Dropout::new(self.config.dropout)?;
         for k in (0..self.rnn.len()).rev() {
             if let Some(key) = dropout {
-                drop.apply(flat_mut(&mut upstream), key.seed, self.stream(key, k))?;
+                drop.apply(
+                    standard_slice_mut(&mut upstream),
+                    key.seed,
+                    self.stream(key, k),
+                )?;
             }
             let g = cpu::backward(
                 &self.rnn[k],
@@ -500,14 +518,12 @@ pub fn loss_and_grad<F: Scalar>(
     }
 }
 
-/// A tensor's elements in row-major order. Model tensors are created in standard layout and
-/// [`SeqModel::validate`] rejects any other, so this holds for every model that passed it.
-fn flat<F, D: ndarray::Dimension>(a: &ndarray::Array<F, D>) -> &[F] {
-    a.as_slice()
-        .expect("model tensors are in standard layout (SeqModel::validate)")
-}
-
-fn flat_mut<F, D: ndarray::Dimension>(a: &mut ndarray::Array<F, D>) -> &mut [F] {
+/// A tensor's elements in row-major order, as one mutable slice: a tensor in another layout
+/// is first stored in standard layout, values unchanged.
+fn standard_slice_mut<F: Clone, D: ndarray::Dimension>(a: &mut ndarray::Array<F, D>) -> &mut [F] {
+    if !a.is_standard_layout() {
+        *a = a.as_standard_layout().into_owned();
+    }
     a.as_slice_mut()
-        .expect("model tensors are in standard layout (SeqModel::validate)")
+        .unwrap_or_else(|| unreachable!("an owned array in standard layout is one slice"))
 }
