@@ -109,6 +109,7 @@ impl<F: Scalar> Drop for PackedMatrix<F> {
 
 #[cfg(target_arch = "x86_64")]
 mod avx2 {
+    use super::pool;
     use crate::scalar::Scalar;
     use ndarray::{ArrayView2, ArrayViewMut2};
     use std::any::TypeId;
@@ -130,8 +131,8 @@ mod avx2 {
         64 / size_of::<F>()
     }
 
-    /// c += a · w for a (m, k) of any strides, c (m, n) with unit column stride and a row
-    /// stride of at least n, and w (k, n) packed as ⌈n / NR⌉ row-major (k, NR) panels of NR = [`panel_width`]
+    /// c += a · w for a (m, k) of any strides (copied where its rows are not contiguous), c
+    /// (m, n) with unit column stride and a row stride of at least n, and w (k, n) packed as ⌈n / NR⌉ row-major (k, NR) panels of NR = [`panel_width`]
     /// columns, the last one zero-padded; F is f32 or f64 and the CPU has AVX2 and FMA
     /// ([`available`]).
     pub(super) fn add_product<F: Scalar>(
@@ -145,23 +146,24 @@ mod avx2 {
             return;
         }
         let ldc = if m == 1 { n } else { c.strides()[0] as usize };
-        // a is read in place (a transposed view too); a copy only for negative strides.
-        let copy;
-        let (a, a_strides) = match a.strides() {
-            &[rs, cs] if rs >= 0 && cs >= 0 => (a, (rs as usize, cs as usize)),
+        // a is read in place when its rows are contiguous, else from a row-major copy.
+        let mut copy = Vec::new();
+        let (a, lda) = match a.strides() {
+            &[rs, 1] if rs >= 0 => (a.as_ptr(), rs as usize),
             _ => {
-                copy = a.as_standard_layout().into_owned();
-                (copy.view(), (k, 1))
+                copy = pool::take(m * k).unwrap_or_default();
+                copy_rows(a, &mut copy);
+                (copy.as_ptr(), k)
             }
         };
         assert!(panels.len() >= n.div_ceil(panel_width::<F>()) * k * panel_width::<F>());
         // SAFETY: c's rows lie at multiples of ldc from its first element, n elements each.
         let c = unsafe { std::slice::from_raw_parts_mut(c.as_mut_ptr(), (m - 1) * ldc + n) };
         let f = TypeId::of::<F>();
-        let a = (a.as_ptr(), a_strides);
+        let a = (a, lda);
         // SAFETY: each branch reinterprets F as the type it is, `available` checked the
-        // features the kernel is compiled for, a is an (m, k) view with these strides, and the
-        // slices hold what `product` reads.
+        // features the kernel is compiled for, a holds m rows of k at a row stride of lda, and
+        // the slices hold what `product` reads.
         unsafe {
             if f == TypeId::of::<f32>() {
                 product::<__m256>(retype(panels), (m, k, n, ldc), retype_ptr(a), retype_mut(c));
@@ -169,6 +171,28 @@ mod avx2 {
                 product::<__m256d>(retype(panels), (m, k, n, ldc), retype_ptr(a), retype_mut(c));
             } else {
                 unreachable!("the kernel is only packed for f32 and f64");
+            }
+        }
+        pool::recycle_vec(copy);
+    }
+
+    /// a (m, k), any strides, into `out` in row-major order, in square blocks so that both
+    /// the reads and the writes of a transposed a stay in cache.
+    fn copy_rows<F: Scalar>(a: ArrayView2<'_, F>, out: &mut Vec<F>) {
+        const BLOCK: usize = 16;
+        let (m, k) = a.dim();
+        let [rs, cs] = [a.strides()[0], a.strides()[1]];
+        out.clear();
+        out.resize(m * k, F::zero());
+        for r0 in (0..m).step_by(BLOCK) {
+            for k0 in (0..k).step_by(BLOCK) {
+                for kk in k0..(k0 + BLOCK).min(k) {
+                    for r in r0..(r0 + BLOCK).min(m) {
+                        // SAFETY: (r, kk) is within a's (m, k).
+                        out[r * k + kk] =
+                            unsafe { *a.as_ptr().offset(r as isize * rs + kk as isize * cs) };
+                    }
+                }
             }
         }
     }
@@ -181,10 +205,8 @@ mod avx2 {
 
     /// # Safety
     /// F and T are the same type.
-    unsafe fn retype_ptr<F, T>(
-        (p, strides): (*const F, (usize, usize)),
-    ) -> (*const T, (usize, usize)) {
-        (p.cast(), strides)
+    unsafe fn retype_ptr<F, T>((p, lda): (*const F, usize)) -> (*const T, usize) {
+        (p.cast(), lda)
     }
 
     /// # Safety
@@ -272,13 +294,13 @@ mod avx2 {
     ///
     /// # Safety
     /// The CPU has AVX2 and FMA; `panels` holds ⌈n / NR⌉ panels of k·NR elements, `c`
-    /// (m − 1)·ldc + n, and a's element (r, kk) is at `a + r·rs + kk·cs` for r < m, kk < k,
-    /// where `a` = (pointer, (rs, cs)).
+    /// (m − 1)·ldc + n, and a's element (r, kk) is at `a + r·lda + kk` for r < m, kk < k,
+    /// where `a` = (pointer, lda).
     #[target_feature(enable = "avx2,fma")]
     unsafe fn product<V: Register>(
         panels: &[V::Lane],
         (m, k, n, ldc): (usize, usize, usize, usize),
-        (a, (a_row, a_col)): (*const V::Lane, (usize, usize)),
+        (a, lda): (*const V::Lane, usize),
         c: &mut [V::Lane],
     ) {
         let nr = 2 * V::LANES;
@@ -292,9 +314,8 @@ mod avx2 {
             while i < m {
                 let rows = MR.min(m - i);
                 let tile = Tile {
-                    a: unsafe { a.add(i * a_row) },
-                    a_row,
-                    a_col,
+                    a: unsafe { a.add(i * lda) },
+                    lda,
                     k,
                     panel,
                     c: unsafe { c.add(i * ldc + j0) },
@@ -316,12 +337,11 @@ mod avx2 {
         }
     }
 
-    /// One tile: c[..R, ..cols] += a (R, k) · panel (k, 2·LANES), a with strides (a_row,
-    /// a_col), c with row stride `ldc`.
+    /// One tile: c[..R, ..cols] += a (R, k) · panel (k, 2·LANES), a with row stride `lda`, c
+    /// with row stride `ldc`.
     struct Tile<L> {
         a: *const L,
-        a_row: usize,
-        a_col: usize,
+        lda: usize,
         k: usize,
         panel: *const L,
         c: *mut L,
@@ -351,7 +371,7 @@ mod avx2 {
                         let w = self.panel.add(kk * nr);
                         let (w0, w1) = (V::load(w), V::load(w.add(V::LANES)));
                         for (r, acc) in acc.iter_mut().enumerate() {
-                            let x = V::splat(*self.a.add(r * self.a_row + kk * self.a_col));
+                            let x = V::splat(*self.a.add(r * self.lda + kk));
                             *acc = [x.mul_add(w0, acc[0]), x.mul_add(w1, acc[1])];
                         }
                     }
