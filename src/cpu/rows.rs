@@ -11,10 +11,14 @@ use ndarray::{ArrayView2, ArrayViewMut2};
 macro_rules! row_kernel {
     ($(#[$doc:meta])* fn $name:ident($($arg:ident: $ty:ty),* $(,)?) $body:block) => {
         $(#[$doc])*
+        // Separate slice arguments are the point: each is known not to overlap the others.
+        #[allow(clippy::too_many_arguments)]
         #[inline(never)]
         fn $name<F: Scalar>($($arg: $ty),*) {
+            #[allow(clippy::too_many_arguments)]
             #[inline(always)]
             fn portable<F: Scalar>($($arg: $ty),*) $body
+            #[allow(clippy::too_many_arguments)]
             #[cfg(target_arch = "x86_64")]
             #[target_feature(enable = "avx2,fma")]
             fn avx2<F: Scalar>($($arg: $ty),*) {

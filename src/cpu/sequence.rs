@@ -346,7 +346,6 @@ impl<'a, F: Scalar> Direction<'a, F> {
     /// into `dx` (T·B, In) and returns the gradient of the initial state. The team's workers
     /// take the forward's blocks of hidden units, in lockstep; every `chunk` steps each also
     /// adds the chunk's part of its gate rows' weight gradients and of its columns of dx.
-    #[allow(clippy::too_many_arguments)]
     fn backward(
         &self,
         x: ArrayView2<'_, F>,
