@@ -158,7 +158,23 @@ pub fn check_named_shapes<F>(
 impl<F: Scalar> RnnParams<F> {
     /// All-zero parameters of the right shapes (e.g. to accumulate gradients).
     pub fn zeros(config: &RnnConfig) -> Result<Self> {
-        param_count(config)?;
+        let total = param_count(config)?;
+        // All of it asked for at once first (and given back): many layers of small tensors
+        // whose sum does not fit are refused here, before any of them is allocated.
+        let count = config.num_layers * config.num_directions();
+        let too_large = |tensor: &str, shape: Vec<usize>, bytes| RnnError::Allocation {
+            tensor: tensor.to_string(),
+            shape,
+            bytes,
+        };
+        let bytes = total.checked_mul(size_of::<F>());
+        Vec::<F>::new()
+            .try_reserve_exact(total)
+            .map_err(|_| too_large("parameters", vec![total], bytes))?;
+        let mut layers = Vec::new();
+        layers
+            .try_reserve_exact(count)
+            .map_err(|_| too_large("layer list", vec![count], None))?;
         let rows = config.gate_rows();
         let h = config.hidden_size;
         let d = config.num_directions();
@@ -170,18 +186,16 @@ impl<F: Scalar> RnnParams<F> {
                 .then(|| try_zeros(&param_name(kind, layer, dir), rows))
                 .transpose()
         };
-        let layers = (0..config.num_layers * d)
-            .map(|i| {
-                let (layer, dir) = (i / d, i % d);
-                let input = config.layer_input_size(layer);
-                Ok(LayerParams {
-                    w_ih: try_zeros(&param_name(ParamKind::WeightIh, layer, dir), (rows, input))?,
-                    w_hh: try_zeros(&param_name(ParamKind::WeightHh, layer, dir), (rows, h))?,
-                    b_ih: bias(ParamKind::BiasIh, layer, dir)?,
-                    b_hh: bias(ParamKind::BiasHh, layer, dir)?,
-                })
-            })
-            .collect::<Result<_>>()?;
+        for i in 0..count {
+            let (layer, dir) = (i / d, i % d);
+            let input = config.layer_input_size(layer);
+            layers.push(LayerParams {
+                w_ih: try_zeros(&param_name(ParamKind::WeightIh, layer, dir), (rows, input))?,
+                w_hh: try_zeros(&param_name(ParamKind::WeightHh, layer, dir), (rows, h))?,
+                b_ih: bias(ParamKind::BiasIh, layer, dir)?,
+                b_hh: bias(ParamKind::BiasHh, layer, dir)?,
+            });
+        }
         Ok(RnnParams {
             config: config.clone(),
             layers,

@@ -296,9 +296,13 @@ fn class1_train_layers_of_overflowing_or_huge_sizes_are_errors_naming_the_tensor
 
 #[test]
 fn class1_params_of_a_valid_config_too_large_for_memory_are_an_error_naming_the_tensor() {
-    // No overflow (2^53 parameters), but weight_hh_l0 alone is 2^22 × 2^20 f32: 16 TiB.
+    // No overflow (about 2^53 parameters), but weight_hh_l0 alone is 2^22 × 2^20 f32: 16 TiB,
+    // and all of them together far more: refused before anything is allocated.
     let config = RnnConfig::new(CellKind::Lstm, 1, 1 << 20).layers(1000);
-    let words = ["weight_hh_l0", "[4194304, 1048576]", "17592186044416 bytes"];
+    let total = wgpu_rnn::params::param_count(&config).unwrap();
+    let shape = format!("[{total}]");
+    let bytes = format!("{} bytes", total * 4);
+    let words = ["parameters", shape.as_str(), bytes.as_str()];
     assert_error(
         "zeros",
         RnnParams::<f32>::zeros(&config).map(|_| ()),
@@ -308,6 +312,22 @@ fn class1_params_of_a_valid_config_too_large_for_memory_are_an_error_naming_the_
         "init",
         RnnParams::<f32>::init(&config, 1).map(|_| ()),
         &words,
+    );
+    // Many small layers (hidden 1, 2^30 layers: 16 f32 each, 64 GiB in all): each tensor would
+    // fit, their sum does not.
+    let config = RnnConfig::new(CellKind::Lstm, 1, 1).layers(1 << 30);
+    let total = wgpu_rnn::params::param_count(&config).unwrap();
+    if !allocation_fails(total as u64 * 4) {
+        eprintln!(
+            "skipped: an allocation of {} bytes may be promised here",
+            total * 4
+        );
+        return;
+    }
+    assert_error(
+        "zeros of many small layers",
+        RnnParams::<f32>::zeros(&config).map(|_| ()),
+        &["parameters", "bytes"],
     );
 }
 

@@ -1,8 +1,9 @@
-//! The per-step products of the recurrence, c += a · w for an a of few rows (the batch) and a
-//! weight matrix w used at every step. ndarray's product packs both operands on every call,
-//! which costs about as much as a product this small; on x86_64 with AVX2 and FMA, w is packed
-//! once, gathered straight from the layer's weights, and a register-blocked kernel streams
-//! through it. Elsewhere it is ndarray's product of the gathered copy.
+//! Every product of the CPU path, c += a · w with a weight-like w used many times: the
+//! per-step products with W_hh (an a of few rows, the batch), and the chunk products of the
+//! input projection and the weight gradients. ndarray's product packs both operands on every
+//! call, which costs about as much as a step's product; on x86_64 with AVX2 and FMA, w is
+//! packed once, gathered straight from the layer's weights, and a register-blocked kernel
+//! streams through it. Elsewhere it is ndarray's product of the gathered copy.
 
 use super::pool;
 use crate::scalar::Scalar;

@@ -1,6 +1,8 @@
-//! The one sequence driver shared by all cells: layers, directions, time steps and masking,
-//! the input projection of all steps as one product, the per-step products with W_hh packed
-//! once per direction, and the weight gradients as big products.
+//! The one sequence driver shared by all cells: layers, directions, time steps and masking.
+//! Each worker of the team takes a block of hidden units, packs its rows of the weights once
+//! per direction, and runs every product of its block with the packed kernel: the input
+//! projection and (backward) the weight gradients and its columns of dx a chunk of steps at a
+//! time, the per-step products with W_hh between barriers.
 
 use super::packed::PackedMatrix;
 use super::threads::{SharedMatrix, Team};
