@@ -30,22 +30,7 @@ struct ClipParams {
 
 @group(0) @binding(1) var<storage, read_write> clip_x: array<f32>;         // (n)
 
-var<workgroup> scratch: array<f32, WG>;
-
-// Tree sum over `scratch` (called in uniform control flow).
-fn reduce_sum(lid: u32, value: f32) -> f32 {
-    scratch[lid] = value;
-    workgroupBarrier();
-    for (var s = WG / 2u; s > 0u; s = s >> 1u) {
-        if (lid < s) {
-            scratch[lid] = scratch[lid] + scratch[lid + s];
-        }
-        workgroupBarrier();
-    }
-    let result = scratch[0];
-    workgroupBarrier();
-    return result;
-}
+// reduce_max, reduce_sum: workgroup_reduce.wgsl, appended.
 
 // Pass 1: partials[g] = Σ x² over elements [g·CHUNK, (g+1)·CHUNK).
 @compute @workgroup_size(WG)

@@ -17,36 +17,7 @@ struct CeParams {
 @group(0) @binding(3) var<storage, read_write> ce_grad: array<f32>;      // (N, V)
 @group(0) @binding(4) var<storage, read_write> ce_row_loss: array<f32>;  // (N)
 
-var<workgroup> scratch: array<f32, WG>;
-
-// Tree reductions over `scratch` (called in uniform control flow).
-fn reduce_max(lid: u32, value: f32) -> f32 {
-    scratch[lid] = value;
-    workgroupBarrier();
-    for (var s = WG / 2u; s > 0u; s = s >> 1u) {
-        if (lid < s) {
-            scratch[lid] = max(scratch[lid], scratch[lid + s]);
-        }
-        workgroupBarrier();
-    }
-    let result = scratch[0];
-    workgroupBarrier();
-    return result;
-}
-
-fn reduce_sum(lid: u32, value: f32) -> f32 {
-    scratch[lid] = value;
-    workgroupBarrier();
-    for (var s = WG / 2u; s > 0u; s = s >> 1u) {
-        if (lid < s) {
-            scratch[lid] = scratch[lid] + scratch[lid + s];
-        }
-        workgroupBarrier();
-    }
-    let result = scratch[0];
-    workgroupBarrier();
-    return result;
-}
+// reduce_max, reduce_sum: workgroup_reduce.wgsl, appended.
 
 // row_loss[n] = logsumexp(z_n) − z_n[target_n]; grad = (softmax(z_n) − onehot) / N.
 @compute @workgroup_size(WG)

@@ -317,16 +317,17 @@ fn fragment_that_fits_no_other_file_is_reported() {
     assert!(failures[0].starts_with("orphan.wgsl"), "{failures:?}");
 }
 
-/// Source a parameter struct's file parses in: recurrent.wgsl needs a cell file before it.
+/// Source a parameter struct's file parses in: recurrent.wgsl needs a cell file before it, and
+/// the files that reduce over a workgroup need workgroup_reduce.wgsl after them.
 fn parsable_source(file: &str) -> String {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("shaders");
     let read = |name: &str| {
         std::fs::read_to_string(dir.join(name)).unwrap_or_else(|e| panic!("reading {name}: {e}"))
     };
-    if file == "recurrent.wgsl" {
-        read("lstm.wgsl") + &read(file)
-    } else {
-        read(file)
+    match file {
+        "recurrent.wgsl" => read("lstm.wgsl") + &read(file),
+        "clip.wgsl" | "cross_entropy.wgsl" => read(file) + &read("workgroup_reduce.wgsl"),
+        _ => read(file),
     }
 }
 

@@ -61,10 +61,16 @@ impl TrainKernels {
             };
             Kernel::new(ctx, key, storage, 1)
         };
-        const CE: &str = include_str!("../../shaders/cross_entropy.wgsl");
+        const CE: &str = concat!(
+            include_str!("../../shaders/cross_entropy.wgsl"),
+            include_str!("../../shaders/workgroup_reduce.wgsl")
+        );
         const MSE: &str = include_str!("../../shaders/mse.wgsl");
         const DROPOUT: &str = include_str!("../../shaders/dropout.wgsl");
-        const CLIP: &str = include_str!("../../shaders/clip.wgsl");
+        const CLIP: &str = concat!(
+            include_str!("../../shaders/clip.wgsl"),
+            include_str!("../../shaders/workgroup_reduce.wgsl")
+        );
         const OPTIM: &str = include_str!("../../shaders/optim.wgsl");
         const EMBEDDING: &str = include_str!("../../shaders/embedding.wgsl");
         Ok(Arc::new(TrainKernels {
