@@ -24,16 +24,40 @@ enum Storage<F: Scalar> {
     Plain(Array2<F>),
 }
 
+/// Writes a (k, n) matrix into panels of `width` columns: ⌈n / width⌉ row-major (k, width)
+/// blocks one after the other.
+struct Writer<'a, F> {
+    data: &'a mut [F],
+    k: usize,
+    width: usize,
+}
+
+impl<F: Copy> Writer<'_, F> {
+    /// Row kk, from its n values.
+    fn put_row(&mut self, kk: usize, values: &[F]) {
+        for (p, segment) in values.chunks(self.width).enumerate() {
+            let start = (p * self.k + kk) * self.width;
+            self.data[start..start + segment.len()].copy_from_slice(segment);
+        }
+    }
+
+    /// Column j, from its k values in order.
+    fn put_column(&mut self, j: usize, values: impl Iterator<Item = F>) {
+        let start = j / self.width * self.k * self.width + j % self.width;
+        for (kk, v) in values.enumerate() {
+            self.data[start + kk * self.width] = v;
+        }
+    }
+}
+
 impl<F: Scalar> PackedMatrix<F> {
     /// w = source[rows, :]ᵀ: (k, n) = (source columns, rows.len()); column j of w is row
     /// `rows[j]` of `source`.
     pub(super) fn transposed_rows(source: ArrayView2<'_, F>, rows: &[usize]) -> Self {
         let (k, n) = (source.ncols(), rows.len());
-        Self::build(k, n, |put| {
+        Self::build(k, n, |w| {
             for (j, &row) in rows.iter().enumerate() {
-                for (kk, &v) in source.row(row).iter().enumerate() {
-                    put(kk, j, v);
-                }
+                w.put_column(j, source.row(row).iter().copied());
             }
         })
     }
@@ -41,38 +65,56 @@ impl<F: Scalar> PackedMatrix<F> {
     /// w = source[rows, cols]: (k, n) = (rows.len(), cols.len()).
     pub(super) fn rows(source: ArrayView2<'_, F>, rows: &[usize], cols: Range<usize>) -> Self {
         let (k, n) = (rows.len(), cols.len());
-        Self::build(k, n, |put| {
+        Self::build(k, n, |w| {
             for (kk, &row) in rows.iter().enumerate() {
                 let row = source.row(row);
-                for (j, &v) in row.slice(ndarray::s![cols.clone()]).iter().enumerate() {
-                    put(kk, j, v);
+                let row = row.slice(ndarray::s![cols.clone()]);
+                match row.as_slice() {
+                    Some(values) => w.put_row(kk, values),
+                    None => w.put_row(kk, &row.to_vec()),
                 }
             }
         })
     }
 
-    /// Packs the (k, n) matrix whose every element `fill` puts once, as put(kk, j, value).
-    fn build(k: usize, n: usize, fill: impl FnOnce(&mut dyn FnMut(usize, usize, F))) -> Self {
+    /// Packs the (k, n) matrix that `fill` writes whole.
+    fn build(k: usize, n: usize, fill: impl FnOnce(&mut Writer<'_, F>)) -> Self {
         #[cfg(target_arch = "x86_64")]
         if avx2::available::<F>() {
             let nr = avx2::panel_width::<F>();
             let len = n.div_ceil(nr) * k * nr;
+            // `fill` writes every element of w; only the last panel's padding is zeroed.
             let mut panels = pool::take(len).unwrap_or_default();
-            panels.clear();
             panels.resize(len, F::zero());
-            fill(&mut |kk, j, v| panels[(j / nr * k + kk) * nr + j % nr] = v);
+            panels.truncate(len);
+            if !n.is_multiple_of(nr) {
+                let last = n / nr * k * nr;
+                for row in panels[last..].chunks_exact_mut(nr) {
+                    row[n % nr..].fill(F::zero());
+                }
+            }
+            fill(&mut Writer {
+                data: &mut panels,
+                k,
+                width: nr,
+            });
             return PackedMatrix {
                 k,
                 n,
                 storage: Storage::Panels(panels),
             };
         }
-        let mut plain = Array2::zeros((k, n));
-        fill(&mut |kk, j, v| plain[[kk, j]] = v);
+        // Row-major (k, n) is the layout of a single panel n wide.
+        let mut plain = vec![F::zero(); k * n];
+        fill(&mut Writer {
+            data: &mut plain,
+            k,
+            width: n,
+        });
         PackedMatrix {
             k,
             n,
-            storage: Storage::Plain(plain),
+            storage: Storage::Plain(Array2::from_shape_vec((k, n), plain).expect("k·n elements")),
         }
     }
 
@@ -108,9 +150,38 @@ impl<F: Scalar> Drop for PackedMatrix<F> {
     }
 }
 
+/// a (m, k) of any strides as a row-major matrix, copied in cache-friendly blocks: for an
+/// operand that several products read, which would each copy it otherwise.
+pub(super) fn row_major<F: Scalar>(a: ArrayView2<'_, F>) -> Array2<F> {
+    let mut copy = pool::take(a.len()).unwrap_or_default();
+    copy_rows(a, &mut copy);
+    Array2::from_shape_vec(a.dim(), copy).expect("m·k elements")
+}
+
+/// a (m, k), any strides, into `out` in row-major order, in square blocks so that both
+/// the reads and the writes of a transposed a stay in cache.
+fn copy_rows<F: Scalar>(a: ArrayView2<'_, F>, out: &mut Vec<F>) {
+    const BLOCK: usize = 16;
+    let (m, k) = a.dim();
+    let [rs, cs] = [a.strides()[0], a.strides()[1]];
+    out.clear();
+    out.resize(m * k, F::zero());
+    for r0 in (0..m).step_by(BLOCK) {
+        for k0 in (0..k).step_by(BLOCK) {
+            for kk in k0..(k0 + BLOCK).min(k) {
+                for r in r0..(r0 + BLOCK).min(m) {
+                    // SAFETY: (r, kk) is within a's (m, k).
+                    out[r * k + kk] =
+                        unsafe { *a.as_ptr().offset(r as isize * rs + kk as isize * cs) };
+                }
+            }
+        }
+    }
+}
+
 #[cfg(target_arch = "x86_64")]
 mod avx2 {
-    use super::pool;
+    use super::{copy_rows, pool};
     use crate::scalar::Scalar;
     use ndarray::{ArrayView2, ArrayViewMut2};
     use std::any::TypeId;
@@ -175,27 +246,6 @@ mod avx2 {
             }
         }
         pool::recycle_vec(copy);
-    }
-
-    /// a (m, k), any strides, into `out` in row-major order, in square blocks so that both
-    /// the reads and the writes of a transposed a stay in cache.
-    fn copy_rows<F: Scalar>(a: ArrayView2<'_, F>, out: &mut Vec<F>) {
-        const BLOCK: usize = 16;
-        let (m, k) = a.dim();
-        let [rs, cs] = [a.strides()[0], a.strides()[1]];
-        out.clear();
-        out.resize(m * k, F::zero());
-        for r0 in (0..m).step_by(BLOCK) {
-            for k0 in (0..k).step_by(BLOCK) {
-                for kk in k0..(k0 + BLOCK).min(k) {
-                    for r in r0..(r0 + BLOCK).min(m) {
-                        // SAFETY: (r, kk) is within a's (m, k).
-                        out[r * k + kk] =
-                            unsafe { *a.as_ptr().offset(r as isize * rs + kk as isize * cs) };
-                    }
-                }
-            }
-        }
     }
 
     /// # Safety
@@ -361,6 +411,14 @@ mod avx2 {
             let (k, nr) = (self.k, 2 * V::LANES);
             // SAFETY (all blocks): reads stay within the R rows of a and the panel's k·NR
             // lanes, writes within the tile of c.
+            // The tile of c is read after the loop over k: asked for now, it arrives meanwhile.
+            for r in 0..R {
+                let row = self.c.wrapping_add(r * self.ldc);
+                unsafe {
+                    _mm_prefetch::<_MM_HINT_T0>(row.cast());
+                    _mm_prefetch::<_MM_HINT_T0>(row.wrapping_add(nr - 1).cast());
+                }
+            }
             let mut acc = [[[unsafe { V::zero() }; 2]; R]; KU];
             let mut kk = 0;
             while kk < k {

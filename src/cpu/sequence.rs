@@ -4,7 +4,7 @@
 //! projection and (backward) the weight gradients and its columns of dx a chunk of steps at a
 //! time, the per-step products with W_hh between barriers.
 
-use super::packed::PackedMatrix;
+use super::packed::{self, PackedMatrix};
 use super::threads::{SharedMatrix, Team};
 use super::{gru, lstm, pool, rnn};
 use crate::batch::{check_params, ForwardOutput, Gradients, SequenceBatch, UpstreamGrads};
@@ -401,7 +401,7 @@ impl<'a, F: Scalar> Direction<'a, F> {
                 let mut dc = dc_shared
                     .as_ref()
                     .map(|dc| unsafe { dc.block(0..b, units.clone()) }.to_owned());
-                for (s, t) in self.steps.order(self.reverse).rev().enumerate() {
+                for t in self.steps.order(self.reverse).rev() {
                     let rows = self.steps.rows(t);
                     let kept = self.steps.any_masked(t).then(|| (dh.clone(), dc.clone()));
                     dh += &dout.slice(s![rows.clone(), units.clone()]);
@@ -451,30 +451,35 @@ impl<'a, F: Scalar> Direction<'a, F> {
                     barrier.wait();
                     let dg_h_t = unsafe { dg_h.block(rows, 0..order.len()) };
                     w_hh.add_product(dg_h_t, dh.view_mut());
-                    // The chunk's steps are complete in every worker's columns: its share of
-                    // the products over time.
-                    let done = s + 1;
-                    if done % chunk == 0 || done == self.steps.seq_len {
-                        let steps = (done - 1) % chunk + 1;
-                        let first = if self.reverse { t + 1 - steps } else { t };
-                        let rows = first * b..(first + steps) * b;
-                        let row_list: Vec<usize> = rows.clone().collect();
-                        let (own_dg_x, own_dg_h, all_dg_x) = unsafe {
-                            (
-                                dg_x.block(rows.clone(), gate_cols.clone()),
-                                dg_h.block(rows.clone(), gate_cols.clone()),
-                                dg_x.block(rows.clone(), 0..order.len()),
-                            )
-                        };
-                        PackedMatrix::rows(x, &row_list, 0..inputs)
-                            .add_product(own_dg_x.t(), unsafe {
-                                dw_ih.block_mut(gate_cols.clone(), 0..inputs)
-                            });
-                        PackedMatrix::rows(tape.h_prev.view(), &row_list, 0..hidden)
-                            .add_product(own_dg_h.t(), unsafe {
-                                dw_hh.block_mut(gate_cols.clone(), 0..hidden)
-                            });
-                        w_ih.add_product(all_dg_x, unsafe { dx.block_mut(rows, x_cols.clone()) });
+                }
+                // Every step's dg is complete (the last barrier followed the last writes):
+                // this worker's share of the products over time, a chunk of steps at a time,
+                // with no barrier between them.
+                for first in (0..self.steps.seq_len).step_by(chunk) {
+                    let rows = first * b..(first + chunk).min(self.steps.seq_len) * b;
+                    let row_list: Vec<usize> = rows.clone().collect();
+                    let (own_dg_x, own_dg_h, all_dg_x) = unsafe {
+                        (
+                            dg_x.block(rows.clone(), gate_cols.clone()),
+                            dg_h.block(rows.clone(), gate_cols.clone()),
+                            dg_x.block(rows.clone(), 0..order.len()),
+                        )
+                    };
+                    // dgᵀ copied row-major once for both weight gradients (the GRU's differ).
+                    let own_dg_x_t = packed::row_major(own_dg_x.t());
+                    let own_dg_h_t = dg_h_gru.is_some().then(|| packed::row_major(own_dg_h.t()));
+                    PackedMatrix::rows(x, &row_list, 0..inputs)
+                        .add_product(own_dg_x_t.view(), unsafe {
+                            dw_ih.block_mut(gate_cols.clone(), 0..inputs)
+                        });
+                    PackedMatrix::rows(tape.h_prev.view(), &row_list, 0..hidden)
+                        .add_product(own_dg_h_t.as_ref().unwrap_or(&own_dg_x_t).view(), unsafe {
+                            dw_hh.block_mut(gate_cols.clone(), 0..hidden)
+                        });
+                    w_ih.add_product(all_dg_x, unsafe { dx.block_mut(rows, x_cols.clone()) });
+                    pool::recycle(own_dg_x_t);
+                    if let Some(own_dg_h_t) = own_dg_h_t {
+                        pool::recycle(own_dg_h_t);
                     }
                 }
                 unsafe { dh_shared.block_mut(0..b, units.clone()) }.assign(&dh);
