@@ -41,11 +41,14 @@ impl<F: Copy> Writer<'_, F> {
         }
     }
 
-    /// Column j, from its k values in order.
-    fn put_column(&mut self, j: usize, values: impl Iterator<Item = F>) {
-        let start = j / self.width * self.k * self.width + j % self.width;
-        for (kk, v) in values.enumerate() {
-            self.data[start + kk * self.width] = v;
+    /// Panel p, from its columns: at most `width`, of k values each.
+    fn put_panel(&mut self, p: usize, columns: &[impl AsRef<[F]>]) {
+        let panel = &mut self.data[p * self.k * self.width..][..self.k * self.width];
+        for (jj, column) in columns.iter().enumerate() {
+            let column = &column.as_ref()[..self.k];
+            for (row, &value) in panel.chunks_exact_mut(self.width).zip(column) {
+                row[jj] = value;
+            }
         }
     }
 }
@@ -56,8 +59,16 @@ impl<F: Scalar> PackedMatrix<F> {
     pub(super) fn transposed_rows(source: ArrayView2<'_, F>, rows: &[usize]) -> Self {
         let (k, n) = (source.ncols(), rows.len());
         Self::build(k, n, |w| {
-            for (j, &row) in rows.iter().enumerate() {
-                w.put_column(j, source.row(row).iter().copied());
+            for (p, panel_rows) in rows.chunks(w.width).enumerate() {
+                let columns: Vec<_> = panel_rows.iter().map(|&r| source.row(r)).collect();
+                match columns
+                    .iter()
+                    .map(|c| c.as_slice())
+                    .collect::<Option<Vec<_>>>()
+                {
+                    Some(slices) => w.put_panel(p, &slices),
+                    None => w.put_panel(p, &columns.iter().map(|c| c.to_vec()).collect::<Vec<_>>()),
+                }
             }
         })
     }

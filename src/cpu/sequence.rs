@@ -804,8 +804,8 @@ mod tests {
     }
 
     /// The workers' blocks of hidden units (1, 2 or 3 of them at these sizes, of odd widths;
-    /// the backward called with a team of one thread) give what one thread gives: in f64 to rounding, in f32 within f32 rounding of the f64
-    /// one-thread run.
+    /// batches of 1, 3 and 17; the backward called with a team of one thread) give what one
+    /// thread gives: in f64 to rounding, in f32 within f32 rounding of the f64 one-thread run.
     #[test]
     fn every_thread_count_matches_one_thread() {
         let cells = [
@@ -815,10 +815,12 @@ mod tests {
         ];
         for cell in cells {
             for h in [1, 3, 33, 257] {
-                for b in [1, 3] {
+                for b in [1, 3, 17] {
                     let size = (4, b, h);
                     let reference = run::<f64>(cell, size, 1);
                     assert!(reference.iter().all(|v| v.is_finite()));
+                    // f32 rounding grows with the largest value (gradients summed over B·T).
+                    let peak = reference.iter().fold(1.0, |m: f64, v| m.max(v.abs()));
                     for threads in [2, 3] {
                         let what = format!("{cell:?} H={h} B={b} on {threads} threads");
                         let (rel, max) = errors(&run::<f64>(cell, size, threads), &reference);
@@ -827,7 +829,10 @@ mod tests {
                             "{what}, f64: {rel:.2e} {max:.2e}"
                         );
                         let (rel, max) = errors(&run::<f32>(cell, size, threads), &reference);
-                        assert!(rel < 1e-6 && max < 1e-5, "{what}, f32: {rel:.2e} {max:.2e}");
+                        assert!(
+                            rel < 1e-6 && max < 1e-6 * peak,
+                            "{what}, f32: {rel:.2e} {max:.2e} (largest value {peak:.2})"
+                        );
                     }
                 }
             }
