@@ -8,7 +8,7 @@
 use super::pool;
 use crate::scalar::Scalar;
 use ndarray::linalg::general_mat_mul;
-use ndarray::{Array2, ArrayView2, ArrayViewMut2};
+use ndarray::{s, Array2, ArrayView2, ArrayViewMut2};
 use std::ops::Range;
 
 /// A weight matrix w (k, n), packed for the kernel where it runs, else a plain copy.
@@ -130,24 +130,44 @@ impl<F: Scalar> PackedMatrix<F> {
     }
 
     /// c += a · w for a (m, k) and c (m, n).
-    pub(super) fn add_product(&self, a: ArrayView2<'_, F>, mut c: ArrayViewMut2<'_, F>) {
+    pub(super) fn add_product(&self, a: ArrayView2<'_, F>, c: ArrayViewMut2<'_, F>) {
+        self.add_product_columns(a, c, 0..self.n);
+    }
+
+    /// c += a · w[:, cols] for a (m, k) and c (m, cols.len()); `cols` starts at a multiple of
+    /// 8 columns (a panel boundary for f32 and f64).
+    pub(super) fn add_product_columns(
+        &self,
+        a: ArrayView2<'_, F>,
+        mut c: ArrayViewMut2<'_, F>,
+        cols: Range<usize>,
+    ) {
         assert_eq!(a.ncols(), self.k, "a is (m, k)");
-        assert_eq!(c.dim(), (a.nrows(), self.n), "c is (m, n)");
+        assert!(
+            cols.start.is_multiple_of(8) && cols.end <= self.n,
+            "cols start a panel"
+        );
+        assert_eq!(c.dim(), (a.nrows(), cols.len()), "c is (m, cols)");
         match &self.storage {
             #[cfg(target_arch = "x86_64")]
             Storage::Panels(panels) => {
+                let width = avx2::panel_width::<F>();
+                let panels = &panels[cols.start / width * self.k * width..];
+                let n = cols.len();
                 let [row_stride, col_stride] = [c.strides()[0], c.strides()[1]];
                 if (c.ncols() <= 1 || col_stride == 1)
                     && (c.nrows() <= 1 || row_stride >= c.ncols() as isize)
                 {
-                    return avx2::add_product(panels, (self.k, self.n), a, c);
+                    return avx2::add_product(panels, (self.k, n), a, c);
                 }
                 // A c of another layout (only in tests): the product in place of a copy.
                 let mut copy = c.as_standard_layout().into_owned();
-                avx2::add_product(panels, (self.k, self.n), a, copy.view_mut());
+                avx2::add_product(panels, (self.k, n), a, copy.view_mut());
                 c.assign(&copy);
             }
-            Storage::Plain(w) => general_mat_mul(F::one(), &a, w, F::one(), &mut c),
+            Storage::Plain(w) => {
+                general_mat_mul(F::one(), &a, &w.slice(s![.., cols]), F::one(), &mut c)
+            }
         }
     }
 }

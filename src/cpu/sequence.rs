@@ -1,8 +1,10 @@
 //! The one sequence driver shared by all cells: layers, directions, time steps and masking.
 //! Each worker of the team takes a block of hidden units, packs its rows of the weights once
-//! per direction, and runs every product of its block with the packed kernel: the input
-//! projection and (backward) the weight gradients and its columns of dx a chunk of steps at a
-//! time, the per-step products with W_hh between barriers.
+//! per direction, and runs every product of its block with the packed kernel: the per-step
+//! products with W_hh between barriers, and a chunk of steps at a time the input projection
+//! and (backward) the weight gradients and its columns of dx. Those chunk products do not
+//! depend on the current step, so a worker that reaches a barrier before the others works on
+//! them while it waits.
 
 use super::packed::{self, PackedMatrix};
 use super::threads::{SharedMatrix, Team};
@@ -12,7 +14,7 @@ use crate::config::{CellKind, RnnConfig};
 use crate::error::{try_zeros, Result, RnnError};
 use crate::params::{LayerParams, RnnParams};
 use crate::scalar::Scalar;
-use ndarray::{s, Array2, Array3, ArrayView2, ArrayView3, ArrayViewMut2, Axis};
+use ndarray::{s, Array1, Array2, Array3, ArrayView2, ArrayView3, ArrayViewMut2, Axis};
 use std::ops::Range;
 use std::sync::Mutex;
 
@@ -113,6 +115,83 @@ impl<F: Scalar> State<F> {
 /// to reuse each panel of W_ih, few enough for the chunk's pre-activations to stay in cache.
 const PROJECTION_ROWS: usize = 128;
 
+/// Gate columns of a worker's input projection per piece of work while it waits at a barrier:
+/// few enough for a piece to take a small part of a step, enough for the kernel to reuse each
+/// row of x over several panels.
+const PROJECTION_COLS: usize = 64;
+
+/// A worker's input projection x·W_ihᵀ + b_ih for its gate columns, a chunk of steps at a time
+/// (chunk i in processing order in slot i % 2 of `gx`, rows (t − its first t)·B + b). Chunk
+/// i + 1 is filled [`PROJECTION_COLS`] columns at a time while the worker waits at a barrier
+/// during chunk i, and completed when chunk i + 1 begins.
+struct Projection<'a, F: Scalar> {
+    /// (2·chunk·B, gate columns)
+    gx: &'a mut Array2<F>,
+    w_ih: &'a PackedMatrix<F>,
+    bias: Option<&'a Array1<F>>,
+    /// (T·B, In), seq-major rows
+    x: ArrayView2<'a, F>,
+    steps: &'a Steps<'a>,
+    reverse: bool,
+    chunk: usize,
+    /// The chunk being filled ahead, and how many column groups of it are done.
+    filling: usize,
+    groups_done: usize,
+}
+
+impl<F: Scalar> Projection<'_, F> {
+    fn groups(&self) -> usize {
+        self.gx.ncols().div_ceil(PROJECTION_COLS)
+    }
+
+    /// Column group g of chunk i.
+    fn fill(&mut self, i: usize, g: usize) {
+        let b = self.steps.batch;
+        let (first, steps) = self.steps.chunk(i, self.chunk, self.reverse);
+        let slot = (i % 2) * self.chunk * b;
+        let cols = g * PROJECTION_COLS..((g + 1) * PROJECTION_COLS).min(self.gx.ncols());
+        let mut gx = self.gx.slice_mut(s![slot..slot + steps * b, cols.clone()]);
+        match self.bias {
+            Some(bias) => gx.assign(&bias.slice(s![cols.clone()])),
+            None => gx.fill(F::zero()),
+        }
+        let x = self.x.slice(s![first * b..(first + steps) * b, ..]);
+        self.w_ih.add_product_columns(x, gx, cols);
+    }
+
+    /// Finishes chunk i, whose groups may be partly done, and starts on chunk i + 1.
+    fn complete(&mut self, i: usize) {
+        let done = if self.filling == i {
+            self.groups_done
+        } else {
+            0
+        };
+        for g in done..self.groups() {
+            self.fill(i, g);
+        }
+        (self.filling, self.groups_done) = (i + 1, 0);
+    }
+
+    /// One column group of the next chunk, if any is left; whether there was one.
+    fn advance(&mut self) -> bool {
+        let chunks = self.steps.seq_len.div_ceil(self.chunk);
+        if self.filling >= chunks || self.groups_done == self.groups() {
+            return false;
+        }
+        self.fill(self.filling, self.groups_done);
+        self.groups_done += 1;
+        true
+    }
+
+    /// The projection of step t, in chunk i: (B, gate columns).
+    fn step(&self, i: usize, t: usize) -> ArrayView2<'_, F> {
+        let b = self.steps.batch;
+        let (first, _) = self.steps.chunk(i, self.chunk, self.reverse);
+        let row = (i % 2) * self.chunk * b + (t - first) * b;
+        self.gx.slice(s![row..row + b, ..])
+    }
+}
+
 /// Time steps of a batch and which sequences are masked at each.
 struct Steps<'l> {
     seq_len: usize,
@@ -153,6 +232,18 @@ impl<'l> Steps<'l> {
             .enumerate()
             .filter(move |&(_, &len)| t >= len)
             .map(|(b, _)| b)
+    }
+
+    /// The first t and the number of steps of chunk i, of `size` steps each in processing
+    /// order (from T − 1 down when `reverse`).
+    fn chunk(&self, i: usize, size: usize, reverse: bool) -> (usize, usize) {
+        let steps = size.min(self.seq_len - i * size);
+        let first = if reverse {
+            self.seq_len - i * size - steps
+        } else {
+            i * size
+        };
+        (first, steps)
     }
 
     fn rows(&self, t: usize) -> std::ops::Range<usize> {
@@ -212,13 +303,13 @@ impl<'a, F: Scalar> Direction<'a, F> {
         let saved_width = saved_blocks(self.cell);
         let order = block_gate_order(blocks, gates, hidden);
         let chunk = (PROJECTION_ROWS / b.max(1)).clamp(1, self.steps.seq_len.max(1));
-        // Each worker's input projection of `chunk` steps at a time, biases included; rows
-        // (t − chunk_start)·B + b. A lock each, taken once by its worker.
+        // Each worker's input projection, two chunks of steps (see `Projection`). A lock
+        // each, taken once by its worker.
         let gx_buffers = blocks
             .iter()
             .map(|units| {
                 let cols = gates * units.len();
-                pool::scratch("input projection", chunk * b, cols).map(Mutex::new)
+                pool::scratch("input projection", 2 * chunk * b, cols).map(Mutex::new)
             })
             .collect::<Result<Vec<_>>>()?;
         // h entering step s is in h_buffers[s % 2]; each worker writes its units of the other.
@@ -252,7 +343,17 @@ impl<'a, F: Scalar> Direction<'a, F> {
                 let mut gx = gx_buffers[k]
                     .lock()
                     .unwrap_or_else(|poisoned| poisoned.into_inner());
-                let mut chunk_start = 0;
+                let mut projection = Projection {
+                    gx: &mut gx,
+                    w_ih: &w_ih,
+                    bias: b_ih.as_ref(),
+                    x,
+                    steps: self.steps,
+                    reverse: self.reverse,
+                    chunk,
+                    filling: 0,
+                    groups_done: 0,
+                };
                 let mut gh = Array2::zeros((b, gate_cols.len()));
                 let mut scratch = record
                     .is_none()
@@ -266,15 +367,7 @@ impl<'a, F: Scalar> Direction<'a, F> {
                     .map(|c| unsafe { c.block(0..b, units.clone()) }.to_owned());
                 for (s, t) in self.steps.order(self.reverse).enumerate() {
                     if s % chunk == 0 {
-                        let steps = chunk.min(self.steps.seq_len - s);
-                        chunk_start = if self.reverse { t + 1 - steps } else { t };
-                        let mut gx = gx.slice_mut(s![..steps * b, ..]);
-                        match &b_ih {
-                            Some(bias) => gx.assign(bias),
-                            None => gx.fill(F::zero()),
-                        }
-                        let x_rows = chunk_start * b..(chunk_start + steps) * b;
-                        w_ih.add_product(x.slice(s![x_rows, ..]), gx);
+                        projection.complete(s / chunk);
                     }
                     let rows = self.steps.rows(t);
                     let h_prev = unsafe { h_shared[s % 2].block(0..b, 0..hidden) };
@@ -295,7 +388,7 @@ impl<'a, F: Scalar> Direction<'a, F> {
                         (None, Some(scratch)) => scratch.view_mut(),
                         (None, None) => unreachable!("a scratch exists without a tape"),
                     };
-                    let gx_t = gx.slice(s![(t - chunk_start) * b..(t - chunk_start + 1) * b, ..]);
+                    let gx_t = projection.step(s / chunk, t);
                     match (self.cell, c.as_mut()) {
                         (CellKind::Rnn(nl), _) => {
                             rnn::step(nl, gx_t, gh.view(), h.view_mut(), saved)
@@ -319,7 +412,8 @@ impl<'a, F: Scalar> Direction<'a, F> {
                         }
                     }
                     unsafe { h_shared[(s + 1) % 2].block_mut(0..b, units.clone()) }.assign(&h);
-                    barrier.wait();
+                    // Waiting for the others, the worker projects the next chunk ahead.
+                    barrier.wait_working(|| projection.advance());
                 }
                 if let (Some(c_shared), Some(c)) = (&c_shared, &c) {
                     unsafe { c_shared.block_mut(0..b, units) }.assign(c);
@@ -401,7 +495,45 @@ impl<'a, F: Scalar> Direction<'a, F> {
                 let mut dc = dc_shared
                     .as_ref()
                     .map(|dc| unsafe { dc.block(0..b, units.clone()) }.to_owned());
-                for t in self.steps.order(self.reverse).rev() {
+                // This worker's share of the products over time, in pieces: for each chunk of
+                // steps in processing order, piece 2j adds its gate rows of dW_ih and dW_hh,
+                // piece 2j + 1 its columns of dx.
+                let accumulate = |piece: usize| {
+                    let (j, weights) = (piece / 2, piece.is_multiple_of(2));
+                    // Processing runs backwards through the forward's order.
+                    let (first, steps) = self.steps.chunk(j, chunk, !self.reverse);
+                    let rows = first * b..(first + steps) * b;
+                    if !weights {
+                        let all_dg_x = unsafe { dg_x.block(rows.clone(), 0..order.len()) };
+                        w_ih.add_product(all_dg_x, unsafe { dx.block_mut(rows, x_cols.clone()) });
+                        return;
+                    }
+                    let row_list: Vec<usize> = rows.clone().collect();
+                    let (own_dg_x, own_dg_h) = unsafe {
+                        (
+                            dg_x.block(rows.clone(), gate_cols.clone()),
+                            dg_h.block(rows, gate_cols.clone()),
+                        )
+                    };
+                    // dgᵀ copied row-major once for both weight gradients (the GRU's differ).
+                    let own_dg_x_t = packed::row_major(own_dg_x.t());
+                    let own_dg_h_t = dg_h_gru.is_some().then(|| packed::row_major(own_dg_h.t()));
+                    PackedMatrix::rows(x, &row_list, 0..inputs)
+                        .add_product(own_dg_x_t.view(), unsafe {
+                            dw_ih.block_mut(gate_cols.clone(), 0..inputs)
+                        });
+                    PackedMatrix::rows(tape.h_prev.view(), &row_list, 0..hidden)
+                        .add_product(own_dg_h_t.as_ref().unwrap_or(&own_dg_x_t).view(), unsafe {
+                            dw_hh.block_mut(gate_cols.clone(), 0..hidden)
+                        });
+                    pool::recycle(own_dg_x_t);
+                    if let Some(own_dg_h_t) = own_dg_h_t {
+                        pool::recycle(own_dg_h_t);
+                    }
+                };
+                let chunks = self.steps.seq_len.div_ceil(chunk);
+                let mut pieces_done = 0;
+                for (s, t) in self.steps.order(self.reverse).rev().enumerate() {
                     let rows = self.steps.rows(t);
                     let kept = self.steps.any_masked(t).then(|| (dh.clone(), dc.clone()));
                     dh += &dout.slice(s![rows.clone(), units.clone()]);
@@ -448,39 +580,23 @@ impl<'a, F: Scalar> Direction<'a, F> {
                             }
                         }
                     }
-                    barrier.wait();
+                    // Waiting for the others, the worker takes pieces of the chunks that are
+                    // complete: every step before s (all workers passed its barrier).
+                    barrier.wait_working(|| {
+                        let ready = pieces_done < 2 * (s / chunk);
+                        if ready {
+                            accumulate(pieces_done);
+                            pieces_done += 1;
+                        }
+                        ready
+                    });
                     let dg_h_t = unsafe { dg_h.block(rows, 0..order.len()) };
                     w_hh.add_product(dg_h_t, dh.view_mut());
                 }
                 // Every step's dg is complete (the last barrier followed the last writes):
-                // this worker's share of the products over time, a chunk of steps at a time,
-                // with no barrier between them.
-                for first in (0..self.steps.seq_len).step_by(chunk) {
-                    let rows = first * b..(first + chunk).min(self.steps.seq_len) * b;
-                    let row_list: Vec<usize> = rows.clone().collect();
-                    let (own_dg_x, own_dg_h, all_dg_x) = unsafe {
-                        (
-                            dg_x.block(rows.clone(), gate_cols.clone()),
-                            dg_h.block(rows.clone(), gate_cols.clone()),
-                            dg_x.block(rows.clone(), 0..order.len()),
-                        )
-                    };
-                    // dgᵀ copied row-major once for both weight gradients (the GRU's differ).
-                    let own_dg_x_t = packed::row_major(own_dg_x.t());
-                    let own_dg_h_t = dg_h_gru.is_some().then(|| packed::row_major(own_dg_h.t()));
-                    PackedMatrix::rows(x, &row_list, 0..inputs)
-                        .add_product(own_dg_x_t.view(), unsafe {
-                            dw_ih.block_mut(gate_cols.clone(), 0..inputs)
-                        });
-                    PackedMatrix::rows(tape.h_prev.view(), &row_list, 0..hidden)
-                        .add_product(own_dg_h_t.as_ref().unwrap_or(&own_dg_x_t).view(), unsafe {
-                            dw_hh.block_mut(gate_cols.clone(), 0..hidden)
-                        });
-                    w_ih.add_product(all_dg_x, unsafe { dx.block_mut(rows, x_cols.clone()) });
-                    pool::recycle(own_dg_x_t);
-                    if let Some(own_dg_h_t) = own_dg_h_t {
-                        pool::recycle(own_dg_h_t);
-                    }
+                // the pieces not done while waiting, with no barrier between them.
+                for piece in pieces_done..2 * chunks {
+                    accumulate(piece);
                 }
                 unsafe { dh_shared.block_mut(0..b, units.clone()) }.assign(&dh);
                 if let (Some(dc_shared), Some(dc)) = (&dc_shared, &dc) {
@@ -804,8 +920,9 @@ mod tests {
     }
 
     /// The workers' blocks of hidden units (1, 2 or 3 of them at these sizes, of odd widths;
-    /// batches of 1, 3 and 17; the backward called with a team of one thread) give what one
-    /// thread gives: in f64 to rounding, in f32 within f32 rounding of the f64 one-thread run.
+    /// batches of 1, 3 and 17, the last over several chunks of steps; the backward called with
+    /// a team of one thread) give what one thread gives: in f64 to rounding, in f32 within f32
+    /// rounding of the f64 one-thread run.
     #[test]
     fn every_thread_count_matches_one_thread() {
         let cells = [
@@ -815,8 +932,10 @@ mod tests {
         ];
         for cell in cells {
             for h in [1, 3, 33, 257] {
-                for b in [1, 3, 17] {
-                    let size = (4, b, h);
+                // B = 17 over 20 steps: three chunks of 7 steps, filled and accumulated while
+                // the workers wait at barriers.
+                for (t, b) in [(4, 1), (4, 3), (20, 17)] {
+                    let size = (t, b, h);
                     let reference = run::<f64>(cell, size, 1);
                     assert!(reference.iter().all(|v| v.is_finite()));
                     // f32 rounding grows with the largest value (gradients summed over B·T).

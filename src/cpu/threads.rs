@@ -1,6 +1,7 @@
 //! The CPU path's threads: their count (`WGPU_RNN_NUM_THREADS` or [`set_num_threads`]), a pool
 //! of that many, and a team of workers that run the steps of a sequence in lockstep, each on its
-//! own block of hidden units, with one barrier per step.
+//! own block of hidden units, with one barrier per step at which a worker that is ahead can do
+//! work that does not depend on the others.
 
 use crate::error::{Result, RnnError};
 use ndarray::{ArrayView2, ArrayViewMut2, ShapeBuilder};
@@ -133,9 +134,11 @@ impl Barrier {
         }
     }
 
-    /// Returns once every worker has called `wait` as often as this one; what each wrote
-    /// before its call is then visible to all.
-    pub(super) fn wait(&self) {
+    /// Returns once every worker has called `wait_working` as often as this one; what each
+    /// wrote before its call is then visible to all. While waiting it calls `work` for as long
+    /// as that returns true (it did a piece of work), so that a worker ahead of the others does
+    /// something useful meanwhile.
+    pub(super) fn wait_working(&self, mut work: impl FnMut() -> bool) {
         if self.workers == 1 {
             return;
         }
@@ -150,6 +153,9 @@ impl Barrier {
         while self.generation.load(Ordering::Acquire) == generation
             && !self.poisoned.load(Ordering::Relaxed)
         {
+            if work() {
+                continue;
+            }
             if spins < SPINS {
                 spins += 1;
                 std::hint::spin_loop();
