@@ -120,6 +120,9 @@ const PROJECTION_ROWS: usize = 128;
 /// row of x over several panels.
 const PROJECTION_COLS: usize = 64;
 
+/// Gate rows of a worker's weight gradients per piece of work in the backward.
+const WEIGHT_PIECE_ROWS: usize = 128;
+
 /// A worker's input projection x·W_ihᵀ + b_ih for its gate columns, a chunk of steps at a time
 /// (chunk i in processing order in slot i % 2 of `gx`, rows (t − its first t)·B + b). Chunk
 /// i + 1 is filled [`PROJECTION_COLS`] columns at a time while the worker waits at a barrier
@@ -496,35 +499,59 @@ impl<'a, F: Scalar> Direction<'a, F> {
                     .as_ref()
                     .map(|dc| unsafe { dc.block(0..b, units.clone()) }.to_owned());
                 // This worker's share of the products over time, in pieces: for each chunk of
-                // steps in processing order, piece 2j adds its gate rows of dW_ih and dW_hh,
-                // piece 2j + 1 its columns of dx.
-                let accumulate = |piece: usize| {
-                    let (j, weights) = (piece / 2, piece.is_multiple_of(2));
+                // steps in processing order, first its gate rows of dW_ih and dW_hh,
+                // [`WEIGHT_PIECE_ROWS`] at a time, then its columns of dx,
+                // [`PROJECTION_COLS`] at a time.
+                let weight_pieces = gate_cols.len().div_ceil(WEIGHT_PIECE_ROWS);
+                let per_chunk = weight_pieces + x_cols.len().div_ceil(PROJECTION_COLS);
+                // The chunk's x and h_prev, packed for its weight pieces.
+                let mut packed_chunk: Option<(usize, PackedMatrix<F>, PackedMatrix<F>)> = None;
+                let mut accumulate = |piece: usize| {
+                    let (j, r) = (piece / per_chunk, piece % per_chunk);
                     // Processing runs backwards through the forward's order.
                     let (first, steps) = self.steps.chunk(j, chunk, !self.reverse);
                     let rows = first * b..(first + steps) * b;
-                    if !weights {
+                    if r >= weight_pieces {
+                        let g = r - weight_pieces;
+                        let cols =
+                            g * PROJECTION_COLS..((g + 1) * PROJECTION_COLS).min(x_cols.len());
+                        let target = x_cols.start + cols.start..x_cols.start + cols.end;
                         let all_dg_x = unsafe { dg_x.block(rows.clone(), 0..order.len()) };
-                        w_ih.add_product(all_dg_x, unsafe { dx.block_mut(rows, x_cols.clone()) });
+                        let dx = unsafe { dx.block_mut(rows, target) };
+                        w_ih.add_product_columns(all_dg_x, dx, cols);
                         return;
                     }
-                    let row_list: Vec<usize> = rows.clone().collect();
+                    let (x_packed, h_packed) = match &packed_chunk {
+                        Some((packed_j, x_packed, h_packed)) if *packed_j == j => {
+                            (x_packed, h_packed)
+                        }
+                        _ => {
+                            let row_list: Vec<usize> = rows.clone().collect();
+                            let x_packed = PackedMatrix::rows(x, &row_list, 0..inputs);
+                            let h_packed =
+                                PackedMatrix::rows(tape.h_prev.view(), &row_list, 0..hidden);
+                            let (_, x_packed, h_packed) =
+                                packed_chunk.insert((j, x_packed, h_packed));
+                            (&*x_packed, &*h_packed)
+                        }
+                    };
+                    let start = gate_cols.start + r * WEIGHT_PIECE_ROWS;
+                    let gate_rows = start..(start + WEIGHT_PIECE_ROWS).min(gate_cols.end);
                     let (own_dg_x, own_dg_h) = unsafe {
                         (
-                            dg_x.block(rows.clone(), gate_cols.clone()),
-                            dg_h.block(rows, gate_cols.clone()),
+                            dg_x.block(rows.clone(), gate_rows.clone()),
+                            dg_h.block(rows, gate_rows.clone()),
                         )
                     };
                     // dgᵀ copied row-major once for both weight gradients (the GRU's differ).
                     let own_dg_x_t = packed::row_major(own_dg_x.t());
                     let own_dg_h_t = dg_h_gru.is_some().then(|| packed::row_major(own_dg_h.t()));
-                    PackedMatrix::rows(x, &row_list, 0..inputs)
-                        .add_product(own_dg_x_t.view(), unsafe {
-                            dw_ih.block_mut(gate_cols.clone(), 0..inputs)
-                        });
-                    PackedMatrix::rows(tape.h_prev.view(), &row_list, 0..hidden)
+                    x_packed.add_product(own_dg_x_t.view(), unsafe {
+                        dw_ih.block_mut(gate_rows.clone(), 0..inputs)
+                    });
+                    h_packed
                         .add_product(own_dg_h_t.as_ref().unwrap_or(&own_dg_x_t).view(), unsafe {
-                            dw_hh.block_mut(gate_cols.clone(), 0..hidden)
+                            dw_hh.block_mut(gate_rows, 0..hidden)
                         });
                     pool::recycle(own_dg_x_t);
                     if let Some(own_dg_h_t) = own_dg_h_t {
@@ -583,7 +610,7 @@ impl<'a, F: Scalar> Direction<'a, F> {
                     // Waiting for the others, the worker takes pieces of the chunks that are
                     // complete: every step before s (all workers passed its barrier).
                     barrier.wait_working(|| {
-                        let ready = pieces_done < 2 * (s / chunk);
+                        let ready = pieces_done < per_chunk * (s / chunk);
                         if ready {
                             accumulate(pieces_done);
                             pieces_done += 1;
@@ -595,7 +622,7 @@ impl<'a, F: Scalar> Direction<'a, F> {
                 }
                 // Every step's dg is complete (the last barrier followed the last writes):
                 // the pieces not done while waiting, with no barrier between them.
-                for piece in pieces_done..2 * chunks {
+                for piece in pieces_done..per_chunk * chunks {
                     accumulate(piece);
                 }
                 unsafe { dh_shared.block_mut(0..b, units.clone()) }.assign(&dh);
