@@ -135,7 +135,7 @@ impl<F: Scalar> PackedMatrix<F> {
     }
 
     /// c += a · w[:, cols] for a (m, k) and c (m, cols.len()); `cols` starts at a multiple of
-    /// 8 columns (a panel boundary for f32 and f64).
+    /// 16 columns (a panel boundary for f32 and f64).
     pub(super) fn add_product_columns(
         &self,
         a: ArrayView2<'_, F>,
@@ -144,7 +144,7 @@ impl<F: Scalar> PackedMatrix<F> {
     ) {
         assert_eq!(a.ncols(), self.k, "a is (m, k)");
         assert!(
-            cols.start.is_multiple_of(8) && cols.end <= self.n,
+            cols.start.is_multiple_of(16) && cols.end <= self.n,
             "cols start a panel"
         );
         assert_eq!(c.dim(), (a.nrows(), cols.len()), "c is (m, cols)");
@@ -511,7 +511,7 @@ mod tests {
     /// k-split accumulators and the panels, with w gathered both ways from a larger matrix,
     /// a row-major, transposed (column-major) and with reversed rows, and c in row-major and
     /// column-major layout and as a column block of a wider matrix (nothing outside it
-    /// changes).
+    /// changes), and a product with w's columns from 16 on.
     fn matches_ndarray<F: Scalar>() {
         for (m, k, n) in [
             (1, 1, 1),
@@ -566,6 +566,16 @@ mod tests {
                 wider_want.slice_mut(s![.., 2..n + 2]).assign(&want);
                 packed.add_product(a.view(), wider.slice_mut(s![.., 2..n + 2]));
                 assert_eq!(wider, wider_want, "({m}, {k}, {n}), c a column block");
+                // The columns from the second panel of 16 on.
+                if n > 16 {
+                    let mut got = c.slice(s![.., 16..]).to_owned();
+                    packed.add_product_columns(a.view(), got.view_mut(), 16..n);
+                    assert_eq!(
+                        got,
+                        want.slice(s![.., 16..]),
+                        "({m}, {k}, {n}), columns 16.."
+                    );
+                }
             }
         }
     }

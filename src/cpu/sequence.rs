@@ -443,8 +443,9 @@ impl<'a, F: Scalar> Direction<'a, F> {
     /// Backpropagates through the direction: `dout` (T·B, H) is d loss/d h_t, `dstate` the
     /// gradient of the final state. Writes the parameter gradients into `grads`, adds d loss/d x
     /// into `dx` (T·B, In) and returns the gradient of the initial state. The team's workers
-    /// take the forward's blocks of hidden units, in lockstep; every `chunk` steps each also
-    /// adds the chunk's part of its gate rows' weight gradients and of its columns of dx.
+    /// take the forward's blocks of hidden units, in lockstep; each also adds, a chunk of steps
+    /// at a time, its gate rows of the weight gradients and its columns of dx: while it waits
+    /// at a barrier for chunks every worker has finished, and after the last step for the rest.
     fn backward(
         &self,
         x: ArrayView2<'_, F>,
