@@ -79,7 +79,7 @@ impl<F: Scalar> PackedMatrix<F> {
         Self::build(k, n, |w| {
             for (kk, &row) in rows.iter().enumerate() {
                 let row = source.row(row);
-                let row = row.slice(ndarray::s![cols.clone()]);
+                let row = row.slice(s![cols.clone()]);
                 match row.as_slice() {
                     Some(values) => w.put_row(kk, values),
                     None => w.put_row(kk, &row.to_vec()),
@@ -97,7 +97,6 @@ impl<F: Scalar> PackedMatrix<F> {
             // `fill` writes every element of w; only the last panel's padding is zeroed.
             let mut panels = pool::take(len).unwrap_or_default();
             panels.resize(len, F::zero());
-            panels.truncate(len);
             if !n.is_multiple_of(nr) {
                 let last = n / nr * k * nr;
                 for row in panels[last..].chunks_exact_mut(nr) {
@@ -195,7 +194,8 @@ fn copy_rows<F: Scalar>(a: ArrayView2<'_, F>, out: &mut Vec<F>) {
     const BLOCK: usize = 16;
     let (m, k) = a.dim();
     let [rs, cs] = [a.strides()[0], a.strides()[1]];
-    out.clear();
+    // `take` leaves at most m·k stale values, and every element is written below.
+    out.truncate(m * k);
     out.resize(m * k, F::zero());
     for r0 in (0..m).step_by(BLOCK) {
         for k0 in (0..k).step_by(BLOCK) {

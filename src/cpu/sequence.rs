@@ -115,17 +115,17 @@ impl<F: Scalar> State<F> {
 /// to reuse each panel of W_ih, few enough for the chunk's pre-activations to stay in cache.
 const PROJECTION_ROWS: usize = 128;
 
-/// Gate columns of a worker's input projection per piece of work while it waits at a barrier:
-/// few enough for a piece to take a small part of a step, enough for the kernel to reuse each
-/// row of x over several panels.
-const PROJECTION_COLS: usize = 64;
+/// Columns per piece of work that a worker does while it waits at a barrier: of its input
+/// projection (forward) or of its dx (backward). Few enough for a piece to take a small part of
+/// a step, enough for the kernel to reuse each row of the left operand over several panels.
+const PIECE_COLUMNS: usize = 64;
 
 /// Gate rows of a worker's weight gradients per piece of work in the backward.
 const WEIGHT_PIECE_ROWS: usize = 128;
 
 /// A worker's input projection x·W_ihᵀ + b_ih for its gate columns, a chunk of steps at a time
 /// (chunk i in processing order in slot i % 2 of `gx`, rows (t − its first t)·B + b). Chunk
-/// i + 1 is filled [`PROJECTION_COLS`] columns at a time while the worker waits at a barrier
+/// i + 1 is filled [`PIECE_COLUMNS`] columns at a time while the worker waits at a barrier
 /// during chunk i, and completed when chunk i + 1 begins.
 struct Projection<'a, F: Scalar> {
     /// (2·chunk·B, gate columns)
@@ -137,14 +137,15 @@ struct Projection<'a, F: Scalar> {
     steps: &'a Steps<'a>,
     reverse: bool,
     chunk: usize,
-    /// The chunk being filled ahead, and how many column groups of it are done.
+    /// The next chunk to complete (filled ahead while the one before runs), and how many
+    /// column groups of it are done.
     filling: usize,
     groups_done: usize,
 }
 
 impl<F: Scalar> Projection<'_, F> {
     fn groups(&self) -> usize {
-        self.gx.ncols().div_ceil(PROJECTION_COLS)
+        self.gx.ncols().div_ceil(PIECE_COLUMNS)
     }
 
     /// Column group g of chunk i.
@@ -152,7 +153,7 @@ impl<F: Scalar> Projection<'_, F> {
         let b = self.steps.batch;
         let (first, steps) = self.steps.chunk(i, self.chunk, self.reverse);
         let slot = (i % 2) * self.chunk * b;
-        let cols = g * PROJECTION_COLS..((g + 1) * PROJECTION_COLS).min(self.gx.ncols());
+        let cols = g * PIECE_COLUMNS..((g + 1) * PIECE_COLUMNS).min(self.gx.ncols());
         let mut gx = self.gx.slice_mut(s![slot..slot + steps * b, cols.clone()]);
         match self.bias {
             Some(bias) => gx.assign(&bias.slice(s![cols.clone()])),
@@ -162,17 +163,12 @@ impl<F: Scalar> Projection<'_, F> {
         self.w_ih.add_product_columns(x, gx, cols);
     }
 
-    /// Finishes chunk i, whose groups may be partly done, and starts on chunk i + 1.
-    fn complete(&mut self, i: usize) {
-        let done = if self.filling == i {
-            self.groups_done
-        } else {
-            0
-        };
-        for g in done..self.groups() {
-            self.fill(i, g);
+    /// Finishes the next chunk, whose groups may be partly done, and starts on the one after.
+    fn complete(&mut self) {
+        for g in self.groups_done..self.groups() {
+            self.fill(self.filling, g);
         }
-        (self.filling, self.groups_done) = (i + 1, 0);
+        (self.filling, self.groups_done) = (self.filling + 1, 0);
     }
 
     /// One column group of the next chunk, if any is left; whether there was one.
@@ -370,7 +366,7 @@ impl<'a, F: Scalar> Direction<'a, F> {
                     .map(|c| unsafe { c.block(0..b, units.clone()) }.to_owned());
                 for (s, t) in self.steps.order(self.reverse).enumerate() {
                     if s % chunk == 0 {
-                        projection.complete(s / chunk);
+                        projection.complete();
                     }
                     let rows = self.steps.rows(t);
                     let h_prev = unsafe { h_shared[s % 2].block(0..b, 0..hidden) };
@@ -472,6 +468,8 @@ impl<'a, F: Scalar> Direction<'a, F> {
             .transpose()?;
         let mut dw_ih = pool::zeros::<F>("weight_ih gradient", order.len(), inputs)?;
         let mut dw_hh = pool::zeros::<F>("weight_hh gradient", order.len(), hidden)?;
+        // Row 0: bias_ih's gradient, row 1: bias_hh's, in block order.
+        let mut db = pool::zeros::<F>("bias gradients", 2, order.len())?;
         {
             let dg_x = SharedMatrix::new(dg_x.view_mut());
             let dg_h_gru = dg_h_gru.as_mut().map(|d| SharedMatrix::new(d.view_mut()));
@@ -479,9 +477,10 @@ impl<'a, F: Scalar> Direction<'a, F> {
             let dh_shared = SharedMatrix::new(dstate.h.view_mut());
             let dc_shared = dstate.c.as_mut().map(|c| SharedMatrix::new(c.view_mut()));
             let dx = SharedMatrix::new(dx);
-            let (dw_ih, dw_hh) = (
+            let (dw_ih, dw_hh, db) = (
                 SharedMatrix::new(dw_ih.view_mut()),
                 SharedMatrix::new(dw_hh.view_mut()),
+                SharedMatrix::new(db.view_mut()),
             );
             self.team.run(blocks.len(), |k, barrier| {
                 let units = blocks[k].clone();
@@ -501,10 +500,10 @@ impl<'a, F: Scalar> Direction<'a, F> {
                     .map(|dc| unsafe { dc.block(0..b, units.clone()) }.to_owned());
                 // This worker's share of the products over time, in pieces: for each chunk of
                 // steps in processing order, first its gate rows of dW_ih and dW_hh,
-                // [`WEIGHT_PIECE_ROWS`] at a time, then its columns of dx,
-                // [`PROJECTION_COLS`] at a time.
+                // [`WEIGHT_PIECE_ROWS`] at a time with their bias gradients, then its columns
+                // of dx, [`PIECE_COLUMNS`] at a time.
                 let weight_pieces = gate_cols.len().div_ceil(WEIGHT_PIECE_ROWS);
-                let per_chunk = weight_pieces + x_cols.len().div_ceil(PROJECTION_COLS);
+                let per_chunk = weight_pieces + x_cols.len().div_ceil(PIECE_COLUMNS);
                 // The chunk's x and h_prev, packed for its weight pieces.
                 let mut packed_chunk: Option<(usize, PackedMatrix<F>, PackedMatrix<F>)> = None;
                 let mut accumulate = |piece: usize| {
@@ -514,8 +513,7 @@ impl<'a, F: Scalar> Direction<'a, F> {
                     let rows = first * b..(first + steps) * b;
                     if r >= weight_pieces {
                         let g = r - weight_pieces;
-                        let cols =
-                            g * PROJECTION_COLS..((g + 1) * PROJECTION_COLS).min(x_cols.len());
+                        let cols = g * PIECE_COLUMNS..((g + 1) * PIECE_COLUMNS).min(x_cols.len());
                         let target = x_cols.start + cols.start..x_cols.start + cols.end;
                         let all_dg_x = unsafe { dg_x.block(rows.clone(), 0..order.len()) };
                         let dx = unsafe { dx.block_mut(rows, target) };
@@ -546,17 +544,21 @@ impl<'a, F: Scalar> Direction<'a, F> {
                     };
                     // dgᵀ copied row-major once for both weight gradients (the GRU's differ).
                     let own_dg_x_t = packed::row_major(own_dg_x.t());
-                    let own_dg_h_t = dg_h_gru.is_some().then(|| packed::row_major(own_dg_h.t()));
+                    let gru_dg_h_t = dg_h_gru.is_some().then(|| packed::row_major(own_dg_h.t()));
+                    let own_dg_h_t = gru_dg_h_t.as_ref().unwrap_or(&own_dg_x_t);
                     x_packed.add_product(own_dg_x_t.view(), unsafe {
                         dw_ih.block_mut(gate_rows.clone(), 0..inputs)
                     });
-                    h_packed
-                        .add_product(own_dg_h_t.as_ref().unwrap_or(&own_dg_x_t).view(), unsafe {
-                            dw_hh.block_mut(gate_rows, 0..hidden)
-                        });
+                    h_packed.add_product(own_dg_h_t.view(), unsafe {
+                        dw_hh.block_mut(gate_rows.clone(), 0..hidden)
+                    });
+                    let mut db = unsafe { db.block_mut(0..2, gate_rows) };
+                    for (mut db, dg_t) in db.rows_mut().into_iter().zip([&own_dg_x_t, own_dg_h_t]) {
+                        db += &dg_t.sum_axis(Axis(1));
+                    }
                     pool::recycle(own_dg_x_t);
-                    if let Some(own_dg_h_t) = own_dg_h_t {
-                        pool::recycle(own_dg_h_t);
+                    if let Some(gru_dg_h_t) = gru_dg_h_t {
+                        pool::recycle(gru_dg_h_t);
                     }
                 };
                 let chunks = self.steps.seq_len.div_ceil(chunk);
@@ -633,9 +635,7 @@ impl<'a, F: Scalar> Direction<'a, F> {
             });
         }
         // Each row back to its place in torch's order.
-        let dg_h = dg_h_gru.as_ref().unwrap_or(&dg_x);
-        let db_ih = dg_x.sum_axis(Axis(0));
-        let db_hh = dg_h.sum_axis(Axis(0));
+        let (db_ih, db_hh) = (db.row(0), db.row(1));
         for (j, &row) in order.iter().enumerate() {
             grads.w_ih.row_mut(row).assign(&dw_ih.row(j));
             grads.w_hh.row_mut(row).assign(&dw_hh.row(j));
@@ -646,7 +646,7 @@ impl<'a, F: Scalar> Direction<'a, F> {
                 db[row] = db_hh[j];
             }
         }
-        for a in [dg_x, dw_ih, dw_hh].into_iter().chain(dg_h_gru) {
+        for a in [dg_x, dw_ih, dw_hh, db].into_iter().chain(dg_h_gru) {
             pool::recycle(a);
         }
         Ok(dstate)
