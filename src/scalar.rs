@@ -55,12 +55,12 @@ impl Scalar for f32 {
     #[inline(always)]
     fn tanh_activation(self) -> Self {
         let z = self * self;
-        let p = -5.704_988_7e-3;
-        let p = p * z + 2.063_908_8e-2;
-        let p = p * z - 5.373_971_5e-2;
-        let p = p * z + 1.333_144_2e-1;
-        let p = p * z - 3.333_328e-1;
-        let small = p * z * self + self;
+        let p: f32 = -5.704_988_7e-3;
+        let p = p.mul_add(z, 2.063_908_8e-2);
+        let p = p.mul_add(z, -5.373_971_5e-2);
+        let p = p.mul_add(z, 1.333_144_2e-1);
+        let p = p.mul_add(z, -3.333_328e-1);
+        let small = (p * z).mul_add(self, self);
         let large = 1.0 - 2.0 / (exp_f32(2.0 * self.abs()) + 1.0);
         if self.abs() < 0.625 {
             small
@@ -72,22 +72,25 @@ impl Scalar for f32 {
 
 /// e^x within 1 ulp for x in [−87, 88], clamped to that range (NaN stays NaN): Cephes' expf,
 /// x = n ln 2 + r with |r| ≤ ln 2 / 2, e^r by a polynomial, 2^n by the exponent bits.
+/// Its multiply-adds are fused, as are [`Scalar::tanh_activation`]'s for f32: one instruction
+/// each in the AVX2 and FMA row kernels (half the arithmetic of separate ones), a libm call on
+/// an x86_64 CPU without FMA.
 #[inline(always)]
 fn exp_f32(x: f32) -> f32 {
     // Adding 1.5·2^23 rounds to an integer, left in the low mantissa bits.
     const ROUND: f32 = 12_582_912.0;
     let x = x.clamp(-87.0, 88.0);
-    let t = x * std::f32::consts::LOG2_E + ROUND;
+    let t = x.mul_add(std::f32::consts::LOG2_E, ROUND);
     let n = t - ROUND;
     // ln 2 = 0.693359375 − 2.12194440e-4, the first part short enough for n times it to be exact.
-    let r = x - n * 0.693_359_4 + n * 2.121_944_4e-4;
-    let p = 1.987_569_1e-4;
-    let p = p * r + 1.398_199_9e-3;
-    let p = p * r + 8.333_452e-3;
-    let p = p * r + 4.166_579_6e-2;
-    let p = p * r + 1.666_666_6e-1;
-    let p = p * r + 0.5;
-    let e_r = p * (r * r) + r + 1.0;
+    let r = n.mul_add(2.121_944_4e-4, n.mul_add(-0.693_359_4, x));
+    let p: f32 = 1.987_569_1e-4;
+    let p = p.mul_add(r, 1.398_199_9e-3);
+    let p = p.mul_add(r, 8.333_452e-3);
+    let p = p.mul_add(r, 4.166_579_6e-2);
+    let p = p.mul_add(r, 1.666_666_6e-1);
+    let p = p.mul_add(r, 0.5);
+    let e_r = p.mul_add(r * r, r) + 1.0;
     let n_bits = t.to_bits().wrapping_sub(ROUND.to_bits());
     e_r * f32::from_bits(n_bits.wrapping_add(127) << 23)
 }

@@ -1,14 +1,15 @@
 //! GRU cell as in torch, gates r, z, n:
 //! r = σ(x_r + h_r), z = σ(x_z + h_z), n = tanh(x_n + r ⊙ (W_hn h + b_hn)), h' = (1 − z) ⊙ n + z ⊙ h.
 
-use super::rows::{blocks, blocks_mut, row, row_kernel, row_mut};
+use super::rows::{blocks, blocks_mut, row, row_kernel, row_mut, saved_row};
 use crate::scalar::Scalar;
 use ndarray::{ArrayView2, ArrayViewMut2};
 
 /// Columns of the per-step saved activations, in units of H: r, z, n, W_hn h + b_hn.
 pub(super) const SAVED_BLOCKS: usize = 4;
 
-/// One step: `h` (B, H) becomes h'; `saved` (B, 4H) keeps r, z, n, W_hn h + b_hn.
+/// One step: `h` (B, H) becomes h'; `saved` (B, 4H) keeps r, z, n, W_hn h + b_hn, or is one
+/// row that every row overwrites (see [`saved_row`]).
 /// `gx`, `gh`: (B, 3H) input-side and hidden-side pre-activations (biases included).
 pub(super) fn step<F: Scalar>(
     gx: ArrayView2<'_, F>,
@@ -20,7 +21,7 @@ pub(super) fn step<F: Scalar>(
     for r in 0..h.nrows() {
         let [xr, xz, xn] = blocks(row(&gx, r), hs);
         let [hr, hz, hn] = blocks(row(&gh, r), hs);
-        let [sr, sz, sn, shn] = blocks_mut(row_mut(&mut saved, r), hs);
+        let [sr, sz, sn, shn] = blocks_mut(saved_row(&mut saved, r), hs);
         step_row(row_mut(&mut h, r), xr, xz, xn, hr, hz, hn, sr, sz, sn, shn);
     }
 }

@@ -1,29 +1,28 @@
 //! LSTM cell with torch's gate order i, f, g, o:
 //! c' = f ⊙ c + i ⊙ g, h' = o ⊙ tanh(c').
 
-use super::rows::{blocks, blocks_mut, row, row_kernel, row_mut};
+use super::rows::{blocks, blocks_mut, row, row_kernel, row_mut, saved_row};
 use crate::scalar::Scalar;
 use ndarray::{ArrayView2, ArrayViewMut2};
 
 /// Columns of the per-step saved activations, in units of H: i, f, g, o, tanh(c').
 pub(super) const SAVED_BLOCKS: usize = 5;
 
-/// One step: `h`, `c` (B, H) become h', c'; `saved` (B, 5H) keeps i, f, g, o, tanh(c').
-/// `gx`, `gh`: (B, 4H) input-side and hidden-side pre-activations (biases included).
+/// One step: `h`, `c` (B, H) become h', c'; `saved` (B, 5H) keeps i, f, g, o, tanh(c'), or
+/// is one row that every row overwrites (see [`saved_row`]).
+/// `gates`: (B, 4H) pre-activations, both sides and both biases summed.
 pub(super) fn step<F: Scalar>(
-    gx: ArrayView2<'_, F>,
-    gh: ArrayView2<'_, F>,
+    gates: ArrayView2<'_, F>,
     mut h: ArrayViewMut2<'_, F>,
     mut c: ArrayViewMut2<'_, F>,
     mut saved: ArrayViewMut2<'_, F>,
 ) {
     let hs = c.ncols();
     for r in 0..c.nrows() {
-        let [xi, xf, xg, xo] = blocks(row(&gx, r), hs);
-        let [ri, rf, rg, ro] = blocks(row(&gh, r), hs);
-        let [si, sf, sg, so, stc] = blocks_mut(row_mut(&mut saved, r), hs);
+        let [ai, af, ag, ao] = blocks(row(&gates, r), hs);
+        let [si, sf, sg, so, stc] = blocks_mut(saved_row(&mut saved, r), hs);
         let (h, c) = (row_mut(&mut h, r), row_mut(&mut c, r));
-        step_row(h, c, xi, xf, xg, xo, ri, rf, rg, ro, si, sf, sg, so, stc);
+        step_row(h, c, ai, af, ag, ao, si, sf, sg, so, stc);
     }
 }
 
@@ -32,14 +31,10 @@ row_kernel! {
     fn step_row(
         h: &mut [F],
         c: &mut [F],
-        xi: &[F],
-        xf: &[F],
-        xg: &[F],
-        xo: &[F],
-        ri: &[F],
-        rf: &[F],
-        rg: &[F],
-        ro: &[F],
+        ai: &[F],
+        af: &[F],
+        ag: &[F],
+        ao: &[F],
         si: &mut [F],
         sf: &mut [F],
         sg: &mut [F],
@@ -47,15 +42,14 @@ row_kernel! {
         stc: &mut [F],
     ) {
         let n = h.len();
-        let (c, xi, xf, xg, xo) = (&mut c[..n], &xi[..n], &xf[..n], &xg[..n], &xo[..n]);
-        let (ri, rf, rg, ro) = (&ri[..n], &rf[..n], &rg[..n], &ro[..n]);
+        let (c, ai, af, ag, ao) = (&mut c[..n], &ai[..n], &af[..n], &ag[..n], &ao[..n]);
         let (si, sf, sg, so) = (&mut si[..n], &mut sf[..n], &mut sg[..n], &mut so[..n]);
         let stc = &mut stc[..n];
         for j in 0..n {
-            let i = (xi[j] + ri[j]).sigmoid();
-            let f = (xf[j] + rf[j]).sigmoid();
-            let g = (xg[j] + rg[j]).tanh_activation();
-            let o = (xo[j] + ro[j]).sigmoid();
+            let i = ai[j].sigmoid();
+            let f = af[j].sigmoid();
+            let g = ag[j].tanh_activation();
+            let o = ao[j].sigmoid();
             let c_new = f * c[j] + i * g;
             let tc = c_new.tanh_activation();
             (si[j], sf[j], sg[j], so[j], stc[j]) = (i, f, g, o, tc);

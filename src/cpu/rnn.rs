@@ -1,6 +1,6 @@
 //! Elman RNN cell: h' = φ(x W_ihᵀ + b_ih + h W_hhᵀ + b_hh).
 
-use super::rows::{row, row_kernel, row_mut};
+use super::rows::{row, row_kernel, row_mut, saved_row};
 use crate::config::Nonlinearity;
 use crate::scalar::Scalar;
 use ndarray::{ArrayView2, ArrayViewMut2};
@@ -8,41 +8,36 @@ use ndarray::{ArrayView2, ArrayViewMut2};
 /// Columns of the per-step saved activations, in units of H: h'.
 pub(super) const SAVED_BLOCKS: usize = 1;
 
-/// One step: `h` (B, H) becomes h' = φ(gx + gh); `saved` (B, H) keeps h'.
-/// `gx`, `gh`: (B, H) input-side and hidden-side pre-activations (biases included).
+/// One step: `h` (B, H) becomes h' = φ(a); `saved` (B, H) keeps h', or is one row that every
+/// row overwrites (see [`saved_row`]). `gates`: (B, H) the pre-activation a, both sides and
+/// both biases summed.
 pub(super) fn step<F: Scalar>(
     nonlinearity: Nonlinearity,
-    gx: ArrayView2<'_, F>,
-    gh: ArrayView2<'_, F>,
+    gates: ArrayView2<'_, F>,
     mut h: ArrayViewMut2<'_, F>,
     mut saved: ArrayViewMut2<'_, F>,
 ) {
     for r in 0..h.nrows() {
-        let (h, saved, x, g) = (
-            row_mut(&mut h, r),
-            row_mut(&mut saved, r),
-            row(&gx, r),
-            row(&gh, r),
-        );
+        let (h, saved, a) = (row_mut(&mut h, r), saved_row(&mut saved, r), row(&gates, r));
         // A kernel per nonlinearity, so that each inlines its φ.
         match nonlinearity {
-            Nonlinearity::Tanh => tanh_row(h, saved, x, g),
-            Nonlinearity::Relu => relu_row(h, saved, x, g),
-            Nonlinearity::Identity => identity_row(h, saved, x, g),
+            Nonlinearity::Tanh => tanh_row(h, saved, a),
+            Nonlinearity::Relu => relu_row(h, saved, a),
+            Nonlinearity::Identity => identity_row(h, saved, a),
         }
     }
 }
 
-/// Defines the row kernel of a nonlinearity φ: h' = φ(x + g), kept in `saved` too.
+/// Defines the row kernel of a nonlinearity φ: h' = φ(a), kept in `saved` too.
 macro_rules! activation_row {
     ($name:ident, $phi:expr) => {
         row_kernel! {
-            fn $name(h: &mut [F], saved: &mut [F], x: &[F], g: &[F]) {
+            fn $name(h: &mut [F], saved: &mut [F], a: &[F]) {
                 let n = h.len();
-                let (saved, x, g) = (&mut saved[..n], &x[..n], &g[..n]);
+                let (saved, a) = (&mut saved[..n], &a[..n]);
                 let phi = $phi;
                 for j in 0..n {
-                    h[j] = phi(x[j] + g[j]);
+                    h[j] = phi(a[j]);
                     saved[j] = h[j];
                 }
             }

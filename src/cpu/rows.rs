@@ -61,6 +61,14 @@ pub(super) fn row_mut<'a, F>(a: &'a mut ArrayViewMut2<'_, F>, r: usize) -> &'a m
     unsafe { std::slice::from_raw_parts_mut(a.as_mut_ptr().offset(offset), cols) }
 }
 
+/// Row `r` of a step's saved activations; a one-row matrix is a scratch that every row
+/// overwrites, for a forward that keeps nothing, so that the activations stay in L1.
+#[inline(always)]
+pub(super) fn saved_row<'a, F>(saved: &'a mut ArrayViewMut2<'_, F>, r: usize) -> &'a mut [F] {
+    let r = if saved.nrows() == 1 { 0 } else { r };
+    row_mut(saved, r)
+}
+
 /// `s` as N consecutive blocks of `width`.
 #[inline(always)]
 pub(super) fn blocks<F, const N: usize>(s: &[F], width: usize) -> [&[F]; N] {

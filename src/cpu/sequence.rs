@@ -4,10 +4,12 @@
 //! products with W_hh between barriers, and a chunk of steps at a time the input projection
 //! and (backward) the weight gradients and its columns of dx. Those chunk products do not
 //! depend on the current step, so a worker that reaches a barrier before the others works on
-//! them while it waits.
+//! them while it waits, its own or the other workers', and a worker that finishes first takes
+//! the others' too: a core that runs slower (another process, another tenant) holds the team
+//! back less.
 
 use super::packed::{self, PackedMatrix};
-use super::threads::{SharedMatrix, Team};
+use super::threads::{Barrier, SharedMatrix, Team};
 use super::{gru, lstm, pool, rnn};
 use crate::batch::{check_params, ForwardOutput, Gradients, SequenceBatch, UpstreamGrads};
 use crate::config::{CellKind, RnnConfig};
@@ -16,7 +18,8 @@ use crate::params::{LayerParams, RnnParams};
 use crate::scalar::Scalar;
 use ndarray::{s, Array1, Array2, Array3, ArrayView2, ArrayView3, ArrayViewMut2, Axis};
 use std::ops::Range;
-use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::OnceLock;
 
 /// What the backward pass needs from a training forward pass.
 #[derive(Clone, Debug)]
@@ -115,80 +118,162 @@ impl<F: Scalar> State<F> {
 /// to reuse each panel of W_ih, few enough for the chunk's pre-activations to stay in cache.
 const PROJECTION_ROWS: usize = 128;
 
-/// Columns per piece of work that a worker does while it waits at a barrier: of its input
-/// projection (forward) or of its dx (backward). Few enough for a piece to take a small part of
+/// Columns per piece of work that a worker does while it waits at a barrier: of a worker's
+/// input projection (forward) or of its columns of dx (backward). Few enough for a piece to take a small part of
 /// a step, enough for the kernel to reuse each row of the left operand over several panels.
 const PIECE_COLUMNS: usize = 64;
 
-/// Gate rows of a worker's weight gradients per piece of work in the backward.
+/// Gate rows of the weight gradients per piece of work in the backward.
 const WEIGHT_PIECE_ROWS: usize = 128;
 
-/// A worker's input projection x·W_ihᵀ + b_ih for its gate columns, a chunk of steps at a time
-/// (chunk i in processing order in slot i % 2 of `gx`, rows (t − its first t)·B + b). Chunk
-/// i + 1 is filled [`PIECE_COLUMNS`] columns at a time while the worker waits at a barrier
-/// during chunk i, and completed when chunk i + 1 begins.
-struct Projection<'a, F: Scalar> {
-    /// (2·chunk·B, gate columns)
-    gx: &'a mut Array2<F>,
-    w_ih: &'a PackedMatrix<F>,
-    bias: Option<&'a Array1<F>>,
+/// The workers' input projections x·W_ihᵀ + bias, each for its own gate columns, a chunk of
+/// steps at a time: chunk i in processing order in slot i % 2 of `gx`, rows
+/// (t − its first t)·B + b. While a worker runs chunk i, its chunk i + 1 is open: any worker
+/// that waits at a barrier fills [`PIECE_COLUMNS`] columns of an open chunk, its own first,
+/// and the owner fills what is left when the chunk begins.
+struct Projections<'a, F: Scalar> {
+    /// (2·chunk·B, all workers' gate columns in block order)
+    gx: SharedMatrix<'a, F>,
+    shares: Vec<Share<F>>,
     /// (T·B, In), seq-major rows
     x: ArrayView2<'a, F>,
     steps: &'a Steps<'a>,
     reverse: bool,
     chunk: usize,
-    /// The next chunk to complete (filled ahead while the one before runs), and how many
-    /// column groups of it are done.
-    filling: usize,
-    groups_done: usize,
 }
 
-impl<F: Scalar> Projection<'_, F> {
-    fn groups(&self) -> usize {
-        self.gx.ncols().div_ceil(PIECE_COLUMNS)
+/// One worker's part of [`Projections`].
+struct Share<F: Scalar> {
+    /// Its columns of gx.
+    cols: Range<usize>,
+    /// Its rows of W_ih, packed, and its bias; published before its first barrier.
+    weights: OnceLock<(PackedMatrix<F>, Option<Array1<F>>)>,
+    /// The open chunk (high 32 bits) and how many of its column groups were taken; the same
+    /// chunk and how many of those are filled.
+    taken: AtomicU64,
+    filled: AtomicU64,
+}
+
+impl<'a, F: Scalar> Projections<'a, F> {
+    fn new(
+        gx: ArrayViewMut2<'a, F>,
+        cols: impl Iterator<Item = Range<usize>>,
+        x: ArrayView2<'a, F>,
+        steps: &'a Steps<'a>,
+        reverse: bool,
+        chunk: usize,
+    ) -> Self {
+        let shares = cols
+            .map(|cols| Share {
+                cols,
+                weights: OnceLock::new(),
+                taken: AtomicU64::new(0),
+                filled: AtomicU64::new(0),
+            })
+            .collect();
+        Projections {
+            gx: SharedMatrix::new(gx),
+            shares,
+            x,
+            steps,
+            reverse,
+            chunk,
+        }
     }
 
-    /// Column group g of chunk i.
-    fn fill(&mut self, i: usize, g: usize) {
+    fn groups(&self, k: usize) -> u64 {
+        self.shares[k].cols.len().div_ceil(PIECE_COLUMNS) as u64
+    }
+
+    /// Worker k's packed rows of W_ih and its bias: from now on others may fill its chunks.
+    fn publish(&self, k: usize, w_ih: PackedMatrix<F>, bias: Option<Array1<F>>) {
+        let _ = self.shares[k].weights.set((w_ih, bias));
+    }
+
+    /// Fills one column group of worker k's open chunk, if one is left; whether it did.
+    fn take(&self, k: usize) -> bool {
+        let share = &self.shares[k];
+        let Some((w_ih, bias)) = share.weights.get() else {
+            return false;
+        };
+        let chunks = self.steps.seq_len.div_ceil(self.chunk) as u64;
+        let groups = self.groups(k);
+        let Some(taken) = take_next(&share.taken, |taken| {
+            taken >> 32 < chunks && taken & u64::from(u32::MAX) < groups
+        }) else {
+            return false;
+        };
+        let (i, g) = (
+            (taken >> 32) as usize,
+            (taken & u64::from(u32::MAX)) as usize,
+        );
         let b = self.steps.batch;
         let (first, steps) = self.steps.chunk(i, self.chunk, self.reverse);
         let slot = (i % 2) * self.chunk * b;
-        let cols = g * PIECE_COLUMNS..((g + 1) * PIECE_COLUMNS).min(self.gx.ncols());
-        let mut gx = self.gx.slice_mut(s![slot..slot + steps * b, cols.clone()]);
-        match self.bias {
+        let cols = g * PIECE_COLUMNS..((g + 1) * PIECE_COLUMNS).min(share.cols.len());
+        let target = share.cols.start + cols.start..share.cols.start + cols.end;
+        // SAFETY: the group was taken once, and the owner reads it only once it is filled.
+        let mut gx = unsafe { self.gx.block_mut(slot..slot + steps * b, target) };
+        match bias {
             Some(bias) => gx.assign(&bias.slice(s![cols.clone()])),
             None => gx.fill(F::zero()),
         }
         let x = self.x.slice(s![first * b..(first + steps) * b, ..]);
-        self.w_ih.add_product_columns(x, gx, cols);
-    }
-
-    /// Finishes the next chunk, whose groups may be partly done, and starts on the one after.
-    fn complete(&mut self) {
-        for g in self.groups_done..self.groups() {
-            self.fill(self.filling, g);
-        }
-        (self.filling, self.groups_done) = (self.filling + 1, 0);
-    }
-
-    /// One column group of the next chunk, if any is left; whether there was one.
-    fn advance(&mut self) -> bool {
-        let chunks = self.steps.seq_len.div_ceil(self.chunk);
-        if self.filling >= chunks || self.groups_done == self.groups() {
-            return false;
-        }
-        self.fill(self.filling, self.groups_done);
-        self.groups_done += 1;
+        w_ih.add_product_columns(x, gx, cols);
+        share.filled.fetch_add(1, Ordering::Release);
         true
     }
 
-    /// The projection of step t, in chunk i: (B, gate columns).
-    fn step(&self, i: usize, t: usize) -> ArrayView2<'_, F> {
+    /// Fills one column group of any open chunk, worker `me`'s first; whether it did.
+    fn advance(&self, me: usize) -> bool {
+        let n = self.shares.len();
+        (0..n).any(|o| self.take((me + o) % n))
+    }
+
+    /// Worker k's chunk i, as it begins: fills its groups left, waits for those others
+    /// took, and opens chunk i + 1 (whose slot held chunk i − 1, which k has finished).
+    fn complete(&self, k: usize, i: usize, barrier: &Barrier) {
+        while self.take(k) {}
+        let share = &self.shares[k];
+        let filled = ((i as u64) << 32) | self.groups(k);
+        barrier.wait_until(|| share.filled.load(Ordering::Acquire) == filled);
+        let next = ((i + 1) as u64) << 32;
+        share.filled.store(next, Ordering::Relaxed);
+        share.taken.store(next, Ordering::Release);
+    }
+
+    /// Worker k's projection of step t, in chunk i: (B, its gate columns).
+    ///
+    /// # Safety
+    /// Only worker k calls it, for its current chunk, which is complete.
+    unsafe fn step(&self, k: usize, i: usize, t: usize) -> ArrayViewMut2<'_, F> {
         let b = self.steps.batch;
         let (first, _) = self.steps.chunk(i, self.chunk, self.reverse);
         let row = (i % 2) * self.chunk * b + (t - first) * b;
-        self.gx.slice(s![row..row + b, ..])
+        // SAFETY: no other worker writes the slot of k's current chunk (the caller's part).
+        unsafe { self.gx.block_mut(row..row + b, self.shares[k].cols.clone()) }
     }
+}
+
+/// A piece of the backward's products over one chunk of steps.
+enum Piece {
+    /// These gate rows (block order) of dW_ih and dW_hh, and of the bias gradients.
+    Weights(Range<usize>),
+    /// These columns of worker k's share of dx's columns.
+    Dx(usize, Range<usize>),
+}
+
+/// Increments `counter` if `available` holds for its value: the value it had, if it did. What
+/// a worker wrote before it stored the counter is visible to the one that increments it.
+fn take_next(counter: &AtomicU64, available: impl Fn(u64) -> bool) -> Option<u64> {
+    let mut now = counter.load(Ordering::Acquire);
+    while available(now) {
+        match counter.compare_exchange_weak(now, now + 1, Ordering::AcqRel, Ordering::Acquire) {
+            Ok(_) => return Some(now),
+            Err(seen) => now = seen,
+        }
+    }
+    None
 }
 
 /// Time steps of a batch and which sequences are masked at each.
@@ -302,15 +387,8 @@ impl<'a, F: Scalar> Direction<'a, F> {
         let saved_width = saved_blocks(self.cell);
         let order = block_gate_order(blocks, gates, hidden);
         let chunk = (PROJECTION_ROWS / b.max(1)).clamp(1, self.steps.seq_len.max(1));
-        // Each worker's input projection, two chunks of steps (see `Projection`). A lock
-        // each, taken once by its worker.
-        let gx_buffers = blocks
-            .iter()
-            .map(|units| {
-                let cols = gates * units.len();
-                pool::scratch("input projection", 2 * chunk * b, cols).map(Mutex::new)
-            })
-            .collect::<Result<Vec<_>>>()?;
+        // The input projections of two chunks of steps (see `Projections`).
+        let mut gx = pool::scratch("input projection", 2 * chunk * b, order.len())?;
         // h entering step s is in h_buffers[s % 2]; each worker writes its units of the other.
         let mut h_buffers = [state.h.clone(), state.h];
         let mut c_final = state.c;
@@ -329,6 +407,14 @@ impl<'a, F: Scalar> Direction<'a, F> {
                     SharedMatrix::new(tape.saved.view_mut()),
                 )
             });
+            let projections = Projections::new(
+                gx.view_mut(),
+                blocks.iter().map(|u| gates * u.start..gates * u.end),
+                x,
+                self.steps,
+                self.reverse,
+                chunk,
+            );
             self.team.run(blocks.len(), |k, barrier| {
                 let units = blocks[k].clone();
                 let gate_cols = gates * units.start..gates * units.end;
@@ -339,24 +425,21 @@ impl<'a, F: Scalar> Direction<'a, F> {
                 let w_hh = PackedMatrix::transposed_rows(p.w_hh.view(), block_rows);
                 let b_ih = p.b_ih.as_ref().map(|bias| bias.select(Axis(0), block_rows));
                 let b_hh = p.b_hh.as_ref().map(|bias| bias.select(Axis(0), block_rows));
-                let mut gx = gx_buffers[k]
-                    .lock()
-                    .unwrap_or_else(|poisoned| poisoned.into_inner());
-                let mut projection = Projection {
-                    gx: &mut gx,
-                    w_ih: &w_ih,
-                    bias: b_ih.as_ref(),
-                    x,
-                    steps: self.steps,
-                    reverse: self.reverse,
-                    chunk,
-                    filling: 0,
-                    groups_done: 0,
+                // The hidden side's pre-activations: apart for the GRU, which needs
+                // W_hn h + b_hn alone; for the LSTM and the RNN, which use only the sum of the
+                // two sides, added onto the step's rows of the input projection, whose bias
+                // then holds b_hh too.
+                let mut gh =
+                    (self.cell == CellKind::Gru).then(|| Array2::zeros((b, gate_cols.len())));
+                let (projection_bias, b_hh) = match (gh.is_some(), b_ih, b_hh) {
+                    (false, Some(b_ih), Some(b_hh)) => (Some(b_ih + &b_hh), None),
+                    (false, b_ih, b_hh) => (b_ih.or(b_hh), None),
+                    (true, b_ih, b_hh) => (b_ih, b_hh),
                 };
-                let mut gh = Array2::zeros((b, gate_cols.len()));
+                projections.publish(k, w_ih, projection_bias);
                 let mut scratch = record
                     .is_none()
-                    .then(|| Array2::zeros((b, saved_cols.len())));
+                    .then(|| Array2::zeros((1, saved_cols.len())));
                 // SAFETY (all blocks below): a worker writes only its own units' columns; it
                 // reads other workers' columns (all of h_prev) only between the barrier after
                 // their writes and the barrier before the next writes to that buffer.
@@ -366,15 +449,22 @@ impl<'a, F: Scalar> Direction<'a, F> {
                     .map(|c| unsafe { c.block(0..b, units.clone()) }.to_owned());
                 for (s, t) in self.steps.order(self.reverse).enumerate() {
                     if s % chunk == 0 {
-                        projection.complete();
+                        projections.complete(k, s / chunk, barrier);
                     }
+                    // SAFETY: this worker's current chunk, complete.
+                    let mut gates_t = unsafe { projections.step(k, s / chunk, t) };
                     let rows = self.steps.rows(t);
                     let h_prev = unsafe { h_shared[s % 2].block(0..b, 0..hidden) };
-                    match &b_hh {
-                        Some(bias) => gh.assign(bias),
-                        None => gh.fill(F::zero()),
+                    match gh.as_mut() {
+                        Some(gh) => {
+                            match &b_hh {
+                                Some(bias) => gh.assign(bias),
+                                None => gh.fill(F::zero()),
+                            }
+                            w_hh.add_product(h_prev, gh.view_mut());
+                        }
+                        None => w_hh.add_product(h_prev, gates_t.view_mut()),
                     }
-                    w_hh.add_product(h_prev, gh.view_mut());
                     let kept = self.steps.any_masked(t).then(|| (h.clone(), c.clone()));
                     let saved = match (&record, scratch.as_mut()) {
                         (Some((h_rec, c_rec, saved)), _) => {
@@ -387,16 +477,16 @@ impl<'a, F: Scalar> Direction<'a, F> {
                         (None, Some(scratch)) => scratch.view_mut(),
                         (None, None) => unreachable!("a scratch exists without a tape"),
                     };
-                    let gx_t = projection.step(s / chunk, t);
-                    match (self.cell, c.as_mut()) {
-                        (CellKind::Rnn(nl), _) => {
-                            rnn::step(nl, gx_t, gh.view(), h.view_mut(), saved)
+                    let gates = gates_t.view();
+                    match (self.cell, c.as_mut(), &gh) {
+                        (CellKind::Rnn(nl), _, _) => rnn::step(nl, gates, h.view_mut(), saved),
+                        (CellKind::Gru, _, Some(gh)) => {
+                            gru::step(gates, gh.view(), h.view_mut(), saved)
                         }
-                        (CellKind::Gru, _) => gru::step(gx_t, gh.view(), h.view_mut(), saved),
-                        (CellKind::Lstm, Some(c)) => {
-                            lstm::step(gx_t, gh.view(), h.view_mut(), c.view_mut(), saved)
+                        (CellKind::Lstm, Some(c), _) => {
+                            lstm::step(gates, h.view_mut(), c.view_mut(), saved)
                         }
-                        (CellKind::Lstm, None) => unreachable!("an LSTM state always holds c"),
+                        _ => unreachable!("an LSTM state holds c, a GRU its hidden side"),
                     }
                     let mut out_t = unsafe { out.block_mut(rows, units.clone()) };
                     out_t.assign(&h);
@@ -411,20 +501,15 @@ impl<'a, F: Scalar> Direction<'a, F> {
                         }
                     }
                     unsafe { h_shared[(s + 1) % 2].block_mut(0..b, units.clone()) }.assign(&h);
-                    // Waiting for the others, the worker projects the next chunk ahead.
-                    barrier.wait_working(|| projection.advance());
+                    // Waiting for the others, the worker projects next chunks ahead.
+                    barrier.wait_working(|| projections.advance(k));
                 }
                 if let (Some(c_shared), Some(c)) = (&c_shared, &c) {
                     unsafe { c_shared.block_mut(0..b, units) }.assign(c);
                 }
             });
         }
-        for gx in gx_buffers {
-            pool::recycle(
-                gx.into_inner()
-                    .unwrap_or_else(|poisoned| poisoned.into_inner()),
-            );
-        }
+        pool::recycle(gx);
         let [even, odd] = h_buffers;
         Ok(State {
             h: if self.steps.seq_len.is_multiple_of(2) {
@@ -439,9 +524,9 @@ impl<'a, F: Scalar> Direction<'a, F> {
     /// Backpropagates through the direction: `dout` (T·B, H) is d loss/d h_t, `dstate` the
     /// gradient of the final state. Writes the parameter gradients into `grads`, adds d loss/d x
     /// into `dx` (T·B, In) and returns the gradient of the initial state. The team's workers
-    /// take the forward's blocks of hidden units, in lockstep; each also adds, a chunk of steps
-    /// at a time, its gate rows of the weight gradients and its columns of dx: while it waits
-    /// at a barrier for chunks every worker has finished, and after the last step for the rest.
+    /// take the forward's blocks of hidden units, in lockstep. The weight gradients and dx are
+    /// added a chunk of steps at a time, in pieces that any worker takes: while it waits at a
+    /// barrier for chunks every worker has finished, and after the last step for the rest.
     fn backward(
         &self,
         x: ArrayView2<'_, F>,
@@ -482,44 +567,64 @@ impl<'a, F: Scalar> Direction<'a, F> {
                 SharedMatrix::new(dw_hh.view_mut()),
                 SharedMatrix::new(db.view_mut()),
             );
-            self.team.run(blocks.len(), |k, barrier| {
+            // The products over time, in pieces that any worker may take: per chunk of steps
+            // in processing order, the weight gradients' gate rows [`WEIGHT_PIECE_ROWS`] at a
+            // time with their bias gradients, then dx's columns [`PIECE_COLUMNS`] at a time,
+            // each worker's columns of x through its own rows of W_ih.
+            let workers = blocks.len();
+            let x_cols = |k: usize| inputs * k / workers..inputs * (k + 1) / workers;
+            let chunk_pieces: Vec<Piece> = (0..order.len())
+                .step_by(WEIGHT_PIECE_ROWS)
+                .map(|r| Piece::Weights(r..(r + WEIGHT_PIECE_ROWS).min(order.len())))
+                .chain((0..workers).flat_map(|k| {
+                    let n = x_cols(k).len();
+                    (0..n)
+                        .step_by(PIECE_COLUMNS)
+                        .map(move |c| Piece::Dx(k, c..(c + PIECE_COLUMNS).min(n)))
+                }))
+                .collect();
+            let per_chunk = chunk_pieces.len();
+            let chunks = self.steps.seq_len.div_ceil(chunk);
+            // The next piece to take.
+            let next_piece = AtomicU64::new(0);
+            // Each worker's rows of W_ih for its columns of dx, packed by the worker before
+            // its first barrier, so before any dx piece can be taken.
+            let w_ih_blocks: Vec<OnceLock<PackedMatrix<F>>> =
+                (0..workers).map(|_| OnceLock::new()).collect();
+            self.team.run(workers, |k, barrier| {
                 let units = blocks[k].clone();
                 let gate_cols = gates * units.start..gates * units.end;
                 let saved_cols = saved_width * units.start..saved_width * units.end;
-                // This worker's columns of dx, and the weights that reach them.
-                let x_cols = inputs * k / blocks.len()..inputs * (k + 1) / blocks.len();
                 let w_hh = PackedMatrix::rows(p.w_hh.view(), &order, units.clone());
-                let w_ih = PackedMatrix::rows(p.w_ih.view(), &order, x_cols.clone());
+                let _ = w_ih_blocks[k].set(PackedMatrix::rows(p.w_ih.view(), &order, x_cols(k)));
                 // SAFETY (all blocks below): a worker writes only its own units' columns of dg,
-                // dh and dc, its own gate rows of the weight gradients and its own columns of
-                // dx; it reads the other workers' columns of a step's dg only after the barrier
-                // that follows their writes, and no row of dg is written twice.
+                // dh and dc; the pieces write disjoint blocks of the weight and bias gradients
+                // and of dx, each piece taken by one worker. dg of a step is read (by the
+                // others' units or by pieces) only after the barrier that follows its writes,
+                // and no row of dg is written twice.
                 let mut dh = unsafe { dh_shared.block(0..b, units.clone()) }.to_owned();
                 let mut dc = dc_shared
                     .as_ref()
                     .map(|dc| unsafe { dc.block(0..b, units.clone()) }.to_owned());
-                // This worker's share of the products over time, in pieces: for each chunk of
-                // steps in processing order, first its gate rows of dW_ih and dW_hh,
-                // [`WEIGHT_PIECE_ROWS`] at a time with their bias gradients, then its columns
-                // of dx, [`PIECE_COLUMNS`] at a time.
-                let weight_pieces = gate_cols.len().div_ceil(WEIGHT_PIECE_ROWS);
-                let per_chunk = weight_pieces + x_cols.len().div_ceil(PIECE_COLUMNS);
                 // The chunk's x and h_prev, packed for its weight pieces.
                 let mut packed_chunk: Option<(usize, PackedMatrix<F>, PackedMatrix<F>)> = None;
                 let mut accumulate = |piece: usize| {
-                    let (j, r) = (piece / per_chunk, piece % per_chunk);
+                    let j = piece / per_chunk;
                     // Processing runs backwards through the forward's order.
                     let (first, steps) = self.steps.chunk(j, chunk, !self.reverse);
                     let rows = first * b..(first + steps) * b;
-                    if r >= weight_pieces {
-                        let g = r - weight_pieces;
-                        let cols = g * PIECE_COLUMNS..((g + 1) * PIECE_COLUMNS).min(x_cols.len());
-                        let target = x_cols.start + cols.start..x_cols.start + cols.end;
-                        let all_dg_x = unsafe { dg_x.block(rows.clone(), 0..order.len()) };
-                        let dx = unsafe { dx.block_mut(rows, target) };
-                        w_ih.add_product_columns(all_dg_x, dx, cols);
-                        return;
-                    }
+                    let gate_rows = match &chunk_pieces[piece % per_chunk] {
+                        Piece::Weights(gate_rows) => gate_rows.clone(),
+                        Piece::Dx(owner, cols) => {
+                            let w_ih = w_ih_blocks[*owner].get().expect("packed before a barrier");
+                            let start = x_cols(*owner).start;
+                            let target = start + cols.start..start + cols.end;
+                            let all_dg_x = unsafe { dg_x.block(rows.clone(), 0..order.len()) };
+                            let dx = unsafe { dx.block_mut(rows, target) };
+                            w_ih.add_product_columns(all_dg_x, dx, cols.clone());
+                            return;
+                        }
+                    };
                     let (x_packed, h_packed) = match &packed_chunk {
                         Some((packed_j, x_packed, h_packed)) if *packed_j == j => {
                             (x_packed, h_packed)
@@ -534,8 +639,6 @@ impl<'a, F: Scalar> Direction<'a, F> {
                             (&*x_packed, &*h_packed)
                         }
                     };
-                    let start = gate_cols.start + r * WEIGHT_PIECE_ROWS;
-                    let gate_rows = start..(start + WEIGHT_PIECE_ROWS).min(gate_cols.end);
                     let (own_dg_x, own_dg_h) = unsafe {
                         (
                             dg_x.block(rows.clone(), gate_rows.clone()),
@@ -561,8 +664,6 @@ impl<'a, F: Scalar> Direction<'a, F> {
                         pool::recycle(gru_dg_h_t);
                     }
                 };
-                let chunks = self.steps.seq_len.div_ceil(chunk);
-                let mut pieces_done = 0;
                 for (s, t) in self.steps.order(self.reverse).rev().enumerate() {
                     let rows = self.steps.rows(t);
                     let kept = self.steps.any_masked(t).then(|| (dh.clone(), dc.clone()));
@@ -612,21 +713,19 @@ impl<'a, F: Scalar> Direction<'a, F> {
                     }
                     // Waiting for the others, the worker takes pieces of the chunks that are
                     // complete: every step before s (all workers passed its barrier).
+                    let ready = (per_chunk * (s / chunk)) as u64;
                     barrier.wait_working(|| {
-                        let ready = pieces_done < per_chunk * (s / chunk);
-                        if ready {
-                            accumulate(pieces_done);
-                            pieces_done += 1;
-                        }
-                        ready
+                        let piece = take_next(&next_piece, |piece| piece < ready);
+                        piece.map(|piece| accumulate(piece as usize)).is_some()
                     });
                     let dg_h_t = unsafe { dg_h.block(rows, 0..order.len()) };
                     w_hh.add_product(dg_h_t, dh.view_mut());
                 }
                 // Every step's dg is complete (the last barrier followed the last writes):
-                // the pieces not done while waiting, with no barrier between them.
-                for piece in pieces_done..per_chunk * chunks {
-                    accumulate(piece);
+                // the pieces not taken while waiting, shared by whoever is free.
+                let all = (per_chunk * chunks) as u64;
+                while let Some(piece) = take_next(&next_piece, |piece| piece < all) {
+                    accumulate(piece as usize);
                 }
                 unsafe { dh_shared.block_mut(0..b, units.clone()) }.assign(&dh);
                 if let (Some(dc_shared), Some(dc)) = (&dc_shared, &dc) {

@@ -138,7 +138,7 @@ impl Barrier {
     /// wrote before its call is then visible to all. While waiting it calls `work` for as long
     /// as that returns true (it did a piece of work), so that a worker ahead of the others does
     /// something useful meanwhile.
-    pub(super) fn wait_working(&self, mut work: impl FnMut() -> bool) {
+    pub(super) fn wait_working(&self, work: impl FnMut() -> bool) {
         if self.workers == 1 {
             return;
         }
@@ -148,11 +148,23 @@ impl Barrier {
             self.generation.fetch_add(1, Ordering::Release);
             return;
         }
+        self.spin_until(
+            || self.generation.load(Ordering::Acquire) != generation,
+            work,
+        );
+    }
+
+    /// Returns once `ready` holds: what the other workers wrote before making it true is then
+    /// visible, if `ready` reads it with Acquire.
+    pub(super) fn wait_until(&self, ready: impl Fn() -> bool) {
+        self.spin_until(ready, || false);
+    }
+
+    /// Calls `work` until `ready` holds, then spins and yields, as long as no worker panicked.
+    fn spin_until(&self, ready: impl Fn() -> bool, mut work: impl FnMut() -> bool) {
         const SPINS: u32 = 1 << 11;
         let mut spins = 0u32;
-        while self.generation.load(Ordering::Acquire) == generation
-            && !self.poisoned.load(Ordering::Relaxed)
-        {
+        while !ready() && !self.poisoned.load(Ordering::Relaxed) {
             if work() {
                 continue;
             }
