@@ -119,8 +119,9 @@ impl<F: Scalar> State<F> {
 const PROJECTION_ROWS: usize = 128;
 
 /// Columns per piece of work that a worker does while it waits at a barrier: of a worker's
-/// input projection (forward) or of its columns of dx (backward). Few enough for a piece to take a small part of
-/// a step, enough for the kernel to reuse each row of the left operand over several panels.
+/// input projection (forward) or of its columns of dx (backward). Few enough for a piece to
+/// take a small part of a step, enough for the kernel to reuse each row of the left operand
+/// over several panels.
 const PIECE_COLUMNS: usize = 64;
 
 /// Gate rows of the weight gradients per piece of work in the backward.
