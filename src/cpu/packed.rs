@@ -8,7 +8,8 @@
 use super::pool;
 use crate::scalar::Scalar;
 use ndarray::linalg::general_mat_mul;
-use ndarray::{s, Array2, ArrayView2, ArrayViewMut2};
+use ndarray::{s, Array2, ArrayView1, ArrayView2, ArrayViewMut2};
+use std::borrow::Cow;
 use std::ops::Range;
 
 /// A weight matrix w (k, n), packed for the kernel where it runs, else a plain copy.
@@ -22,6 +23,14 @@ enum Storage<F: Scalar> {
     #[cfg(target_arch = "x86_64")]
     Panels(Vec<F>),
     Plain(Array2<F>),
+}
+
+/// A row of values as a slice: borrowed where they are contiguous, else copied.
+fn contiguous<F: Clone>(values: ArrayView1<'_, F>) -> Cow<'_, [F]> {
+    match values.to_slice() {
+        Some(slice) => Cow::Borrowed(slice),
+        None => Cow::Owned(values.to_vec()),
+    }
 }
 
 /// Writes a (k, n) matrix into panels of `width` columns: ⌈n / width⌉ row-major (k, width)
@@ -60,15 +69,11 @@ impl<F: Scalar> PackedMatrix<F> {
         let (k, n) = (source.ncols(), rows.len());
         Self::build(k, n, |w| {
             for (p, panel_rows) in rows.chunks(w.width).enumerate() {
-                let columns: Vec<_> = panel_rows.iter().map(|&r| source.row(r)).collect();
-                match columns
+                let columns: Vec<_> = panel_rows
                     .iter()
-                    .map(|c| c.as_slice())
-                    .collect::<Option<Vec<_>>>()
-                {
-                    Some(slices) => w.put_panel(p, &slices),
-                    None => w.put_panel(p, &columns.iter().map(|c| c.to_vec()).collect::<Vec<_>>()),
-                }
+                    .map(|&r| contiguous(source.row(r)))
+                    .collect();
+                w.put_panel(p, &columns);
             }
         })
     }
@@ -78,12 +83,10 @@ impl<F: Scalar> PackedMatrix<F> {
         let (k, n) = (rows.len(), cols.len());
         Self::build(k, n, |w| {
             for (kk, &row) in rows.iter().enumerate() {
-                let row = source.row(row);
-                let row = row.slice(s![cols.clone()]);
-                match row.as_slice() {
-                    Some(values) => w.put_row(kk, values),
-                    None => w.put_row(kk, &row.to_vec()),
-                }
+                w.put_row(
+                    kk,
+                    &contiguous(source.row(row).slice_move(s![cols.clone()])),
+                );
             }
         })
     }

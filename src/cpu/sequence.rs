@@ -143,14 +143,18 @@ struct Projections<'a, F: Scalar> {
     chunk: usize,
 }
 
-/// One worker's part of [`Projections`].
+/// One worker's part of [`Projections`]. Its column groups are numbered through the chunks:
+/// group g of chunk i is i·groups + g.
 struct Share<F: Scalar> {
     /// Its columns of gx.
     cols: Range<usize>,
+    /// Column groups per chunk.
+    groups: usize,
     /// Its rows of W_ih, packed, and its bias; published before its first barrier.
     weights: OnceLock<(PackedMatrix<F>, Option<Array1<F>>)>,
-    /// The open chunk (high 32 bits) and how many of its column groups were taken; the same
-    /// chunk and how many of those are filled.
+    /// The last chunk opened by the owner, how many groups were taken, and how many of those
+    /// are filled.
+    open: AtomicU64,
     taken: AtomicU64,
     filled: AtomicU64,
 }
@@ -166,8 +170,10 @@ impl<'a, F: Scalar> Projections<'a, F> {
     ) -> Self {
         let shares = cols
             .map(|cols| Share {
+                groups: cols.len().div_ceil(PIECE_COLUMNS),
                 cols,
                 weights: OnceLock::new(),
+                open: AtomicU64::new(0),
                 taken: AtomicU64::new(0),
                 filled: AtomicU64::new(0),
             })
@@ -182,10 +188,6 @@ impl<'a, F: Scalar> Projections<'a, F> {
         }
     }
 
-    fn groups(&self, k: usize) -> u64 {
-        self.shares[k].cols.len().div_ceil(PIECE_COLUMNS) as u64
-    }
-
     /// Worker k's packed rows of W_ih and its bias: from now on others may fill its chunks.
     fn publish(&self, k: usize, w_ih: PackedMatrix<F>, bias: Option<Array1<F>>) {
         let _ = self.shares[k].weights.set((w_ih, bias));
@@ -197,17 +199,14 @@ impl<'a, F: Scalar> Projections<'a, F> {
         let Some((w_ih, bias)) = share.weights.get() else {
             return false;
         };
-        let chunks = self.steps.seq_len.div_ceil(self.chunk) as u64;
-        let groups = self.groups(k);
-        let Some(taken) = take_next(&share.taken, |taken| {
-            taken >> 32 < chunks && taken & u64::from(u32::MAX) < groups
-        }) else {
+        // The groups of every chunk up to the open one (an older value only stops earlier).
+        let chunks = self.steps.seq_len.div_ceil(self.chunk);
+        let open = share.open.load(Ordering::Acquire) as usize;
+        let end = ((open + 1).min(chunks) * share.groups) as u64;
+        let Some(group) = take_next(&share.taken, |group| group < end) else {
             return false;
         };
-        let (i, g) = (
-            (taken >> 32) as usize,
-            (taken & u64::from(u32::MAX)) as usize,
-        );
+        let (i, g) = (group as usize / share.groups, group as usize % share.groups);
         let b = self.steps.batch;
         let (first, steps) = self.steps.chunk(i, self.chunk, self.reverse);
         let slot = (i % 2) * self.chunk * b;
@@ -236,11 +235,9 @@ impl<'a, F: Scalar> Projections<'a, F> {
     fn complete(&self, k: usize, i: usize, barrier: &Barrier) {
         while self.take(k) {}
         let share = &self.shares[k];
-        let filled = ((i as u64) << 32) | self.groups(k);
-        barrier.wait_until(|| share.filled.load(Ordering::Acquire) == filled);
-        let next = ((i + 1) as u64) << 32;
-        share.filled.store(next, Ordering::Relaxed);
-        share.taken.store(next, Ordering::Release);
+        let filled = ((i + 1) * share.groups) as u64;
+        barrier.wait_until(|| share.filled.load(Ordering::Acquire) >= filled);
+        share.open.store(i as u64 + 1, Ordering::Release);
     }
 
     /// Worker k's projection of step t, in chunk i: (B, its gate columns).
@@ -319,6 +316,12 @@ impl<'l> Steps<'l> {
             .map(|(b, _)| b)
     }
 
+    /// Steps per chunk of the chunk products: about [`PROJECTION_ROWS`] rows, at least one
+    /// step and at most all.
+    fn chunk_len(&self) -> usize {
+        (PROJECTION_ROWS / self.batch.max(1)).clamp(1, self.seq_len.max(1))
+    }
+
     /// The first t and the number of steps of chunk i, of `size` steps each in processing
     /// order (from T − 1 down when `reverse`).
     fn chunk(&self, i: usize, size: usize, reverse: bool) -> (usize, usize) {
@@ -387,7 +390,7 @@ impl<'a, F: Scalar> Direction<'a, F> {
         let gates = p.w_hh.nrows() / hidden;
         let saved_width = saved_blocks(self.cell);
         let order = block_gate_order(blocks, gates, hidden);
-        let chunk = (PROJECTION_ROWS / b.max(1)).clamp(1, self.steps.seq_len.max(1));
+        let chunk = self.steps.chunk_len();
         // The input projections of two chunks of steps (see `Projections`).
         let mut gx = pool::scratch("input projection", 2 * chunk * b, order.len())?;
         // h entering step s is in h_buffers[s % 2]; each worker writes its units of the other.
@@ -543,7 +546,7 @@ impl<'a, F: Scalar> Direction<'a, F> {
         let saved_width = saved_blocks(self.cell);
         let blocks = &tape.blocks;
         let order = block_gate_order(blocks, gates, hidden);
-        let chunk = (PROJECTION_ROWS / b.max(1)).clamp(1, self.steps.seq_len.max(1));
+        let chunk = self.steps.chunk_len();
         // Gate pre-activation gradients of all steps, input side and (GRU only) hidden side;
         // and the weight gradients, rows in block order. Every element is written by the loop
         // below before anything reads it.
